@@ -1,0 +1,91 @@
+"""What every dataset reader hands over, and how it becomes canonical Parquet.
+
+Readers turn a public dataset's files into frames with the canonical column names; this module
+validates them with the same rules as any input table (``tables.validate``), drops interactions
+whose item is unknown, and only then writes the files, atomically.
+"""
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from itdr_batch.schemas import INTERACTIONS, ITEMS, USERS
+from itdr_batch.sink import write_parquet_atomic
+from itdr_batch.tables import Table, drop_unknown_items, validate
+
+
+class IngestError(ValueError):
+    """A source file cannot be read; the message names the file (and line, when known)."""
+
+
+@dataclass
+class Ingested:
+    """A dataset read into canonical columns, with what the reader already dropped and why."""
+
+    source: str
+    items: pl.DataFrame
+    interactions: pl.DataFrame | None = None
+    users: pl.DataFrame | None = None
+    read: dict[str, int] = field(default_factory=dict)
+    dropped: Counter[tuple[str, str]] = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The one-screen account of an ingest: rows read, kept and dropped by reason, per table."""
+
+    source: str
+    out: Path
+    read: dict[str, int]
+    kept: dict[str, int]
+    dropped: dict[tuple[str, str], int]
+    users: int
+    items: int
+    notes: list[str]
+
+
+def write_canonical(data: Ingested, out: Path) -> Summary:
+    """Validates every table first, then writes ``<out>/{items,interactions,users}.parquet``."""
+    items_frame = validate(data.items.lazy(), ITEMS, f"{data.source}: items").collect()
+    items = Table(f"{data.source}: items", items_frame.lazy())
+    outputs = {"items": items_frame}
+    dropped = Counter(data.dropped)
+    if data.interactions is not None:
+        source = f"{data.source}: interactions"
+        interactions = validate(data.interactions.lazy(), INTERACTIONS, source)
+        known, unknown = drop_unknown_items(interactions, items, source)
+        outputs["interactions"] = known.collect()
+        if unknown:
+            dropped["interactions", "unknown item_id"] += unknown
+    if data.users is not None:
+        outputs["users"] = validate(data.users.lazy(), USERS, f"{data.source}: users").collect()
+
+    for name, frame in outputs.items():
+        write_parquet_atomic(frame, out / f"{name}.parquet")
+
+    user_ids = outputs.get("interactions", outputs.get("users"))
+    return Summary(
+        source=data.source,
+        out=out,
+        read=data.read,
+        kept={name: frame.height for name, frame in outputs.items()},
+        dropped=dict(dropped),
+        users=0 if user_ids is None else user_ids["user_id"].n_unique(),
+        items=items_frame.height,
+        notes=data.notes,
+    )
+
+
+def drop_unusable_items(items: pl.DataFrame, dropped: Counter[tuple[str, str]]) -> pl.DataFrame:
+    """Drops items without a title and repeated item ids (first kept), counting each reason."""
+    title = pl.col("title").str.strip_chars()
+    titled = items.filter(title.is_not_null() & (title != ""))
+    if untitled := items.height - titled.height:
+        dropped["items", "no title"] += untitled
+    unique = titled.unique("item_id", keep="first", maintain_order=True)
+    if repeated := titled.height - unique.height:
+        dropped["items", "repeated item_id (first kept)"] += repeated
+    return unique
