@@ -1,11 +1,14 @@
 """The ``itdr-batch`` command line (Typer): every command calls the same job code as the flows."""
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table as RichTable
 
 from itdr_batch.datasets import (
@@ -26,6 +29,18 @@ app.add_typer(ingest, name="ingest")
 
 console = Console()
 errors = Console(stderr=True)
+
+
+@app.callback()
+def setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Logs go to stderr, so that stdout carries only what a command prints."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=errors, show_path=False, markup=False)],
+        force=True,
+    )
+
 
 Out = Annotated[Path, typer.Option("--out", help="Folder for the canonical Parquet files.")]
 
@@ -67,13 +82,13 @@ def _ingest(read: Callable[[], Ingested], out: Path) -> None:
     try:
         summary = write_canonical(read(), out)
     except (IngestError, TableError) as exc:
-        errors.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
     _print_summary(summary)
 
 
 def _print_summary(summary: Summary) -> None:
-    console.print(f"[bold]{summary.source}[/]", highlight=False)
+    console.print(f"[bold]{escape(summary.source)}[/]", highlight=False)
     table = RichTable()
     for column in ("table", "read", "kept", "dropped"):
         table.add_column(column, justify="left" if column in ("table", "dropped") else "right")
@@ -86,12 +101,13 @@ def _print_summary(summary: Summary) -> None:
             name,
             f"{summary.read.get(name, 0):,}",
             "-" if kept is None else f"{kept:,}",
-            "; ".join(reasons) or "-",
+            "\n".join(reasons) or "-",
         )
     console.print(table)
-    console.print(f"users: {summary.users:,}  items: {summary.items:,}  written to {summary.out}/")
+    counts = f"users: {summary.users:,}  items: {summary.items:,}"
+    console.print(f"{counts}  written to {escape(str(summary.out))}/", highlight=False)
     for note in summary.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {escape(note)}")
 
 
 def main() -> None:

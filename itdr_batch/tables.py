@@ -219,8 +219,9 @@ def _normaliser(kind: Kind, dtype: pl.DataType) -> Callable[[pl.Expr], pl.Expr] 
         if is_text:
             return lambda e: e.cast(pl.String)
     elif kind is Kind.ID_LIST:
-        if isinstance(dtype, pl.List) and _normaliser(Kind.ID, dtype.inner) is not None:
-            inner = pl.Int64 if dtype.inner.is_integer() else pl.String
+        ids = dtype.inner if isinstance(dtype, pl.List) else None
+        if isinstance(ids, pl.DataType) and _normaliser(Kind.ID, ids) is not None:
+            inner = pl.Int64 if ids.is_integer() else pl.String
             return lambda e: e.cast(pl.List(inner), strict=False)
     elif kind is Kind.TIMESTAMP:
         return _timestamp_normaliser(dtype)

@@ -5,10 +5,14 @@ catalogue-only copies (ml-1m without ratings.dat) still yield items and users.
 """
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from itdr_batch.datasets.canonical import Ingested, IngestError
+
+if TYPE_CHECKING:
+    from polars._typing import SchemaDict
 
 # Age buckets and occupation codes of ml-1m (its README); ml-100k ages are bucketed alike.
 AGE_GROUPS = {
@@ -134,8 +138,8 @@ def _ml_100k(src: Path) -> Ingested:
             "release_date": pl.String,
             "video_release_date": pl.String,
             "imdb_url": pl.String,
-            **dict.fromkeys(flags, pl.Int8),
-        },
+        }
+        | {flag: pl.Int8 for flag in flags},
     )
     items = movies.select(
         "item_id",
@@ -214,10 +218,11 @@ _INTERACTION_COLUMNS = ["user_id", "item_id", "timestamp", "rating"]
 
 
 def _age_group(age: pl.Expr) -> pl.Expr:
-    """ml-1m's buckets (AGE_GROUPS) applied to an exact age."""
-    lowers = sorted(AGE_GROUPS)
-    buckets = age.cut(lowers[1:], labels=[AGE_GROUPS[a] for a in lowers], left_closed=True)
-    return buckets.cast(pl.String).alias("age_group")
+    """ml-1m's buckets (AGE_GROUPS) applied to an exact age: the highest lower bound reached."""
+    group = pl.lit(None, dtype=pl.String)
+    for lower in sorted(AGE_GROUPS):  # each higher bucket wraps the lower ones
+        group = pl.when(age >= lower).then(pl.lit(AGE_GROUPS[lower])).otherwise(group)
+    return group.alias("age_group")
 
 
 def _latin1(path: Path) -> str:
@@ -227,7 +232,7 @@ def _latin1(path: Path) -> str:
         raise IngestError(f"{path}: cannot be read: {exc}") from exc
 
 
-def _read_dat(path: Path, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+def _read_dat(path: Path, schema: SchemaDict) -> pl.DataFrame:
     """ml-1m's '::'-separated latin-1 files; '::' never occurs inside a field."""
     text = _latin1(path).replace("::", "\x1f")
     return _read_csv(path, separator="\x1f", text=text, schema=schema)
@@ -236,7 +241,7 @@ def _read_dat(path: Path, schema: dict[str, pl.DataType]) -> pl.DataFrame:
 def _read_csv(
     path: Path,
     *,
-    schema: dict[str, pl.DataType],
+    schema: SchemaDict,
     separator: str = ",",
     has_header: bool = False,
     quote_char: str | None = None,

@@ -13,10 +13,10 @@ import polars as pl
 
 from itdr_batch.datasets.canonical import Ingested, IngestError, drop_unusable_items
 
-FIELD_TYPES = {
-    "token": pl.String,
+FIELD_TYPES: dict[str, pl.DataType] = {
+    "token": pl.String(),
     "token_seq": pl.List(pl.String),
-    "float": pl.Float64,
+    "float": pl.Float64(),
     "float_seq": pl.List(pl.Float64),
 }
 SEQUENCE = "item_id_list"
@@ -97,9 +97,7 @@ def _expand_sequences(raw: pl.DataFrame, dropped: Counter[tuple[str, str]]) -> p
         .sort("row")
     )
     if superseded := raw.height - longest.height:
-        dropped["interactions", "sequence superseded by a longer one of the same user"] += (
-            superseded
-        )
+        dropped["interactions", "superseded sequence (longest kept)"] += superseded
     history = longest.select(
         "user_id",
         item_id=pl.concat_list(pl.col(SEQUENCE).fill_null([]), pl.col("item_id")),
