@@ -4,6 +4,8 @@ Titles are kept as "Title (Year)", as ITDR's prompts use them. Ratings files are
 catalogue-only copies (ml-1m without ratings.dat) still yield items and users.
 """
 
+from __future__ import annotations
+
 from pathlib import Path
 from typing import TYPE_CHECKING
 
