@@ -1,0 +1,52 @@
+"""Chat formats the ITDR adapters were trained with (LLaMA-Factory templates), and overrides.
+
+A format wraps the user turn (``<Task Description>\\n<Input>``) in the model's chat markup, up to
+the point where the assistant's answer starts, so the model continues with the answer.
+"""
+
+from dataclasses import dataclass
+
+QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """``template`` holds ``{content}`` (the user turn) and optionally ``{system}``."""
+
+    template: str
+    system: str = ""
+
+    def __post_init__(self) -> None:
+        if self.template.count("{content}") != 1:
+            raise ValueError(f"chat template must hold {{content}} exactly once: {self.template!r}")
+
+    def split(self) -> tuple[str, str]:
+        """The text before and after the user turn."""
+        before, after = self.template.replace("{system}", self.system).split("{content}")
+        return before, after
+
+
+CHAT_FORMATS = {
+    "qwen": ChatFormat(
+        "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{content}<|im_end|>\n"
+        "<|im_start|>assistant\n",
+        system=QWEN_SYSTEM,
+    ),
+    "glm4": ChatFormat("[gMASK]<sop><|user|>\n{content}<|assistant|>"),
+    "llama3": ChatFormat(
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    ),
+    "raw": ChatFormat("{content}"),
+}
+
+
+def chat_format(name_or_format: str | ChatFormat) -> ChatFormat:
+    """A named format (qwen, glm4, llama3, raw) or a custom one."""
+    if isinstance(name_or_format, ChatFormat):
+        return name_or_format
+    try:
+        return CHAT_FORMATS[name_or_format]
+    except KeyError:
+        known = ", ".join(CHAT_FORMATS)
+        raise ValueError(f"unknown chat format {name_or_format!r}; known: {known}") from None

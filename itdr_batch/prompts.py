@@ -1,0 +1,370 @@
+"""Candidate sampling and ITDR prompt construction: Polars prepares, the Rust core renders.
+
+Polars does the joins and grouping (each row's history as list columns in timestamp order,
+ties in input order); ``_core.build_prompts`` samples each row's candidates and writes its prompt
+in parallel, with the GIL released, and returns Arrow. A row's candidates depend only on the
+seed, its id and the configuration (DESIGN.md §5), so any sharding or batching gives the same
+rows. Popularity weights are counted over the whole interactions table, never over a shard.
+"""
+
+import json
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import polars as pl
+
+from itdr_batch import _core
+from itdr_batch.chat import ChatFormat, chat_format
+from itdr_batch.tasks import DOMAINS, RANKING_TASKS, TEMPLATES, Domain, Task, TaskTemplate
+
+# Entry fields that are not item fields, and their codes in `_core.build_prompts`.
+ENTRY_FIELDS = {"index": -1, "rating": -2, "text": -3}
+CANDIDATES, HELD_OUT = -1, -2
+
+STATUSES = pl.Enum(["ok", "empty_history", "too_few_candidates", "no_target"])
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """Everything that shapes a task's prompts and candidates."""
+
+    task: Task
+    domain: Domain | str = "movie"
+    chat: ChatFormat | str = "raw"
+    template: TaskTemplate | None = None
+    history_len: int = 10
+    candidates: int = 10
+    strategy: Literal["uniform", "popularity"] = "uniform"
+    popularity_exponent: float = 1.0
+    evaluation: bool = False
+    seed: int = 0
+    # Template fields (e.g. `category`) read from differently named item columns (`genres`).
+    item_fields: Mapping[str, str] = field(default_factory=dict)
+    # How list-valued item fields (genres, category) are joined.
+    list_separator: str = "|"
+    source_domain: str | None = None
+    target_domain: str | None = None
+    liked_min_rating: float = 4.0
+    disliked_max_rating: float = 2.0
+    attribute_names: tuple[str, ...] = ("age group", "gender", "occupation")
+
+    def words(self) -> dict[str, str]:
+        domain = self.domain if isinstance(self.domain, Domain) else DOMAINS[self.domain]
+        names = list(self.attribute_names)
+        spoken = (
+            ", ".join(names[:-1]) + ", and " + names[-1] if len(names) > 2 else " and ".join(names)
+        )
+        return domain.words() | {
+            "source_domain": self.source_domain or "",
+            "target_domain": self.target_domain or "",
+            "attribute_names": spoken,
+        }
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A row's entries for one data source: item indices and/or ratings and/or texts."""
+
+    items: str | None = None
+    ratings: str | None = None
+    texts: str | None = None
+    max_entries: int | None = None
+
+
+def build_prompts(
+    rows: pl.DataFrame,
+    interactions: pl.LazyFrame | pl.DataFrame,
+    items: pl.DataFrame,
+    config: PromptConfig,
+) -> pl.DataFrame:
+    """One prompt per row of ``rows`` (a users shard; for TUI, a frame of ``item_id``s).
+
+    Returns the row's id, ``prompt`` (null unless it could be built), ``candidates`` (item ids
+    in presented order, ranking tasks), ``held_out_item_id``/``held_out_position``
+    (evaluation), ``target_item_id`` (RP) and ``status``.
+    """
+    task = Task(config.task)
+    template = config.template or TEMPLATES[task]
+    key = "item_id" if task is Task.TUI else "user_id"
+    indexed = items.with_row_index("idx")
+    frame, slots, history, also_seen = _row_data(task, rows, interactions.lazy(), indexed, config)
+
+    fields: list[str] = []
+    parts, lists, sources = _compile(config, template, slots, fields)
+    hold_out = config.evaluation and task in (RANKING_TASKS | {Task.RP})
+    if hold_out and "target" in slots and task is Task.RP:
+        sources = [HELD_OUT if s == list(slots).index("target") else s for s in sources]
+    sampling = None
+    if task in RANKING_TASKS:
+        sampling = _sampling(task, frame, interactions.lazy(), indexed, config)
+
+    table = _core.build_prompts(
+        frame[key],
+        config.seed,
+        parts,
+        lists,
+        sources,
+        [
+            (
+                None if s.items is None else frame[s.items],
+                None if s.ratings is None else frame[s.ratings],
+                None if s.texts is None else frame[s.texts],
+                s.max_entries,
+            )
+            for s in slots.values()
+        ],
+        indexed["item_id"],
+        [_item_field(indexed, name, config) for name in fields],
+        list(slots).index(history),
+        [list(slots).index(name) for name in also_seen],
+        hold_out,
+        sampling,
+    )
+    built = pl.DataFrame(table)
+    status = pl.Series(["ok", "empty_history", "too_few_candidates"]).gather(built["status"])
+    out = frame.select(key).with_columns(
+        prompt=built["prompt"].cast(pl.String),
+        status=status.cast(STATUSES),
+    )
+    if task in RANKING_TASKS:
+        out = out.with_columns(candidates=built["candidates"])
+    if hold_out:
+        out = out.with_columns(
+            held_out_item_id=built["held_out_item"],
+            held_out_position=built["held_out_position"],
+        )
+    if task is Task.RP and not hold_out:
+        no_target = pl.col("status").eq("ok") & frame["target"].list.len().eq(0)
+        out = out.with_columns(
+            target_item_id=frame["target_item_id"],
+            prompt=pl.when(no_target).then(None).otherwise("prompt"),
+            status=pl.when(no_target).then(pl.lit("no_target", STATUSES)).otherwise("status"),
+        )
+    if "unknown_candidates" in frame.columns:
+        out = out.with_columns(frame["unknown_candidates"])
+    return out
+
+
+def _row_data(
+    task: Task,
+    rows: pl.DataFrame,
+    interactions: pl.LazyFrame,
+    items: pl.DataFrame,
+    config: PromptConfig,
+) -> tuple[pl.DataFrame, dict[str, Slot], str, list[str]]:
+    """The rows with their list columns, the task's data slots, and which slots hold history."""
+    n = config.history_len
+    if task is Task.CDR and not (config.source_domain and config.target_domain):
+        raise ValueError("task cdr: set source_domain and target_domain")
+    if task is Task.TUI:
+        _require_columns(task, interactions, items)
+        reviews = _grouped(
+            interactions.filter(_has_text()), items, "item_id", texts=pl.col("review")
+        )
+        frame = _attach(rows.select("item_id"), reviews, "item_id", items)
+        frame = frame.with_columns(target=pl.concat_list("item_idx").list.drop_nulls())
+        slots = {"reviews": Slot(texts="texts", max_entries=n), "target": Slot(items="target")}
+        return frame, slots, "reviews", []
+
+    _require_columns(task, interactions, items)
+    columns: dict[str, pl.Expr]
+    idx = pl.col("idx")
+    if task is Task.CDR:
+        domain = pl.col("domain")
+        columns = {
+            "source": idx.filter(domain == config.source_domain),
+            "items": idx.filter(domain == config.target_domain),
+        }
+        slots = {
+            "source": Slot(items="source", max_entries=n),
+            "history": Slot(items="items", max_entries=n),
+        }
+        also_seen = ["source"]
+    elif task is Task.IR:
+        rating, reviewed = pl.col("rating"), _has_text()
+        liked = reviewed & (rating >= config.liked_min_rating)
+        disliked = reviewed & (rating <= config.disliked_max_rating)
+        columns = {
+            "items": idx.filter(liked | disliked),
+            "liked": idx.filter(liked),
+            "liked_texts": pl.col("review").filter(liked),
+            "disliked": idx.filter(disliked),
+            "disliked_texts": pl.col("review").filter(disliked),
+        }
+        slots = {
+            "history": Slot(items="items"),
+            "liked": Slot(items="liked", texts="liked_texts", max_entries=n),
+            "disliked": Slot(items="disliked", texts="disliked_texts", max_entries=n),
+        }
+        also_seen = []
+    else:
+        columns = {"items": idx}
+        history = Slot(items="items", max_entries=n)
+        if task is Task.RP:
+            columns["ratings"] = pl.col("rating")
+            history = Slot(items="items", ratings="ratings", max_entries=n)
+        slots = {"history": history}
+        also_seen = []
+
+    needed = interactions.join(rows.lazy().select("user_id"), on="user_id", how="semi")
+    grouped = _grouped(needed, items, "user_id", **columns)
+    frame = _attach(rows, grouped, "user_id", items)
+    if task is Task.RP:
+        if "target_item_id" not in frame.columns:
+            frame = frame.with_columns(target_item_id=pl.lit(None, items["item_id"].dtype))
+        frame = frame.with_columns(target=_to_indices(pl.concat_list("target_item_id"), items))
+        slots["target"] = Slot(items="target")
+    if task in RANKING_TASKS and "candidates" in rows.columns:
+        known = _to_indices(pl.col("candidates"), items)
+        frame = frame.with_columns(
+            provided=known,
+            unknown_candidates=(pl.col("candidates").list.len() - known.list.len())
+            .fill_null(0)
+            .cast(pl.UInt32),
+        )
+    return frame, slots, "history", also_seen
+
+
+def _require_columns(task: Task, interactions: pl.LazyFrame, items: pl.DataFrame) -> None:
+    """Tasks that show ratings, reviews or domains need those columns."""
+    needs = {Task.RP: ["rating"], Task.IR: ["rating", "review"], Task.TUI: ["review"]}
+    present = interactions.collect_schema().names()
+    missing = [c for c in needs.get(task, []) if c not in present]
+    if missing:
+        raise ValueError(f"task {task}: interactions need column(s) {missing}")
+    if task is Task.CDR and "domain" not in items.columns:
+        raise ValueError("task cdr: items need a domain column")
+
+
+def _grouped(
+    interactions: pl.LazyFrame, items: pl.DataFrame, key: str, /, **columns: pl.Expr
+) -> pl.DataFrame:
+    """Per `key`, lists of `columns` over its interactions by timestamp (ties: input order)."""
+    wanted = [c for c in ("item_id", "idx", "domain") if c in items.columns]
+    with_items = interactions.join(
+        items.lazy().select(wanted), on="item_id", how="inner", maintain_order="left"
+    )
+    ordered = with_items.sort(key, "timestamp", maintain_order=True)
+    return ordered.group_by(key, maintain_order=True).agg(**columns).collect()
+
+
+def _attach(
+    rows: pl.DataFrame, grouped: pl.DataFrame, key: str, items: pl.DataFrame
+) -> pl.DataFrame:
+    """Each row with its lists (empty when it has no interactions), in the rows' order."""
+    frame = rows.join(grouped, on=key, how="left", maintain_order="left")
+    lists = [c for c in grouped.columns if c != key]
+    frame = frame.with_columns(pl.col(c).fill_null([]) for c in lists)
+    if key == "item_id":
+        frame = frame.join(
+            items.select("item_id", item_idx="idx"), on="item_id", how="left", maintain_order="left"
+        )
+    return frame
+
+
+def _to_indices(ids: pl.Expr, items: pl.DataFrame) -> pl.Expr:
+    """Item ids (a list per row) to dense item indices; unknown ids are dropped."""
+    mapping = items.select("item_id", "idx")
+    return (
+        ids.list.eval(pl.element().replace_strict(mapping["item_id"], mapping["idx"], default=None))
+        .list.drop_nulls()
+        .cast(pl.List(pl.UInt32))
+    )
+
+
+def _has_text() -> pl.Expr:
+    return pl.col("review").is_not_null() & (pl.col("review").str.strip_chars() != "")
+
+
+def _sampling(
+    task: Task,
+    frame: pl.DataFrame,
+    interactions: pl.LazyFrame,
+    items: pl.DataFrame,
+    config: PromptConfig,
+) -> tuple[pl.Series, pl.Series | None, int, pl.Series | None]:
+    pool = items
+    if task is Task.CDR:
+        pool = items.filter(pl.col("domain") == config.target_domain)
+    weights = None
+    if config.strategy == "popularity":
+        counts = interactions.group_by("item_id").agg(count=pl.len()).collect()
+        counted = pool.join(counts, on="item_id", how="left", maintain_order="left")
+        weights = counted["count"].fill_null(0).cast(pl.Float64).pow(config.popularity_exponent)
+    provided = frame["provided"] if "provided" in frame.columns else None
+    return pool["idx"], weights, config.candidates, provided
+
+
+def _compile(
+    config: PromptConfig, template: TaskTemplate, slots: Mapping[str, Slot], fields: list[str]
+) -> tuple[list[str | int], list[tuple[list[str | int], str | None]], list[int]]:
+    """The template as `_core` takes it: literal text and slot numbers; fills `fields`."""
+    before, after = chat_format(config.chat).split()
+    words = config.words()
+    names = list(template.lists)
+    parts: list[str | int] = [before + template.description + "\n"]
+    for literal, name, _, _ in string.Formatter().parse(template.input):
+        parts.append(literal)
+        if name is None:
+            continue
+        if name in words:
+            parts.append(words[name])
+        elif name in template.lists:
+            parts.append(names.index(name))
+        else:
+            known = ", ".join([*words, *names])
+            raise ValueError(f"task {config.task}: unknown placeholder {{{name}}}; known: {known}")
+    parts.append(after)
+
+    lists: list[tuple[list[str | int], str | None]] = []
+    sources: list[int] = []
+    data = list(slots)
+    for name, spec in template.lists.items():
+        source = spec.source or name
+        if source == "candidates":
+            sources.append(CANDIDATES)
+        elif source in data:
+            sources.append(data.index(source))
+        else:
+            raise ValueError(f"task {config.task}: list {name!r} shows unknown data {source!r}")
+        entry: list[str | int] = []
+        for literal, field_name, _, _ in string.Formatter().parse(spec.entry):
+            entry.append(literal)
+            if field_name is None:
+                continue
+            if field_name in ENTRY_FIELDS:
+                entry.append(ENTRY_FIELDS[field_name])
+            else:
+                if field_name not in fields:
+                    fields.append(field_name)
+                entry.append(fields.index(field_name))
+        lists.append(([p for p in entry if p != ""], spec.separator))
+    return [p for p in parts if p != ""], lists, sources
+
+
+def _item_field(items: pl.DataFrame, name: str, config: PromptConfig) -> pl.Series:
+    """One item field as text, in item order: lists joined, attributes as `key: value` lines."""
+    column = config.item_fields.get(name, name)
+    if column not in items.columns:
+        raise ValueError(
+            f"task {config.task}: template field {{{name}}} is not an items column "
+            f"(columns: {', '.join(items.columns)}); map it with item_fields={{'{name}': ...}}"
+        )
+    values = items[column]
+    if name == "attributes":
+        return pl.Series(name, [_attributes_text(v) for v in values.to_list()], pl.String)
+    if isinstance(values.dtype, pl.List):
+        return values.cast(pl.List(pl.String)).list.join(config.list_separator)
+    return values.cast(pl.String)
+
+
+def _attributes_text(value: Any) -> str:
+    """`key: value` lines joined by ",\\n"; list values as Python list literals (as ITDR)."""
+    if value is None:
+        return ""
+    attributes = json.loads(value) if isinstance(value, str) else value
+    return ",\n".join(
+        f"{k}: {v!r}" if isinstance(v, list) else f"{k}: {v}" for k, v in attributes.items()
+    )
