@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import polars as pl
+from arro3.core.types import ArrowStreamExportable
 
 from itdr_batch import _core
 from itdr_batch.chat import ChatFormat, chat_format
@@ -22,6 +23,7 @@ from itdr_batch.tasks import DOMAINS, RANKING_TASKS, TEMPLATES, Domain, Task, Ta
 # Entry fields that are not item fields, and their codes in `_core.build_prompts`.
 ENTRY_FIELDS = {"index": -1, "rating": -2, "text": -3}
 CANDIDATES, HELD_OUT = -1, -2
+INPUT_ORDER = "__input_order"
 
 STATUSES = pl.Enum(["ok", "empty_history", "too_few_candidates", "no_target"])
 
@@ -83,30 +85,83 @@ def build_prompts(
 
     Returns the row's id, ``prompt`` (null unless it could be built), ``candidates`` (item ids
     in presented order, ranking tasks), ``held_out_item_id``/``held_out_position``
-    (evaluation), ``target_item_id`` (RP) and ``status``.
+    (evaluation), ``target_item_id`` (RP), ``unknown_candidates`` (provided candidates not in
+    the items) and ``status``.
     """
+    return prepare(rows, interactions, items, config).render()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A task's rows with their lists, and the arguments of the Rust call that renders them."""
+
+    task: Task
+    key: str
+    frame: pl.DataFrame
+    hold_out: bool
+    core_args: dict[str, Any]
+
+    def render(self) -> pl.DataFrame:
+        return self.finish(_core.build_prompts(**self.core_args))
+
+    def finish(self, table: ArrowStreamExportable) -> pl.DataFrame:
+        """The rows' ids next to what the Rust core returned, statuses named."""
+        built = pl.DataFrame(table)
+        status = pl.Series(["ok", "empty_history", "too_few_candidates"]).gather(built["status"])
+        out = self.frame.select(self.key).with_columns(
+            prompt=built["prompt"].cast(pl.String),
+            status=status.cast(STATUSES),
+        )
+        if self.task in RANKING_TASKS:
+            out = out.with_columns(candidates=built["candidates"])
+        if self.hold_out:
+            out = out.with_columns(
+                held_out_item_id=built["held_out_item"],
+                held_out_position=built["held_out_position"],
+            )
+        if self.task is Task.RP and not self.hold_out:
+            no_target = pl.col("status").eq("ok") & self.frame["target"].list.len().eq(0)
+            out = out.with_columns(
+                target_item_id=self.frame["target_item_id"],
+                prompt=pl.when(no_target).then(None).otherwise("prompt"),
+                status=pl.when(no_target).then(pl.lit("no_target", STATUSES)).otherwise("status"),
+            )
+        if "unknown_candidates" in self.frame.columns:
+            out = out.with_columns(self.frame["unknown_candidates"])
+        return out
+
+
+def prepare(
+    rows: pl.DataFrame,
+    interactions: pl.LazyFrame | pl.DataFrame,
+    items: pl.DataFrame,
+    config: PromptConfig,
+) -> Prepared:
+    """Polars' half of the work: each row's lists, the compiled template, the sampler's pool."""
     task = Task(config.task)
     template = config.template or TEMPLATES[task]
-    key = "item_id" if task is Task.TUI else "user_id"
     indexed = items.with_row_index("idx")
-    frame, slots, history, also_seen = _row_data(task, rows, interactions.lazy(), indexed, config)
+    # Ties in time keep the input order, whatever the joins and filters below do to row order.
+    ordered = interactions.lazy().with_row_index(INPUT_ORDER)
+    frame, slots, history, also_seen = _row_data(task, rows, ordered, indexed, config)
 
     fields: list[str] = []
     parts, lists, sources = _compile(config, template, slots, fields)
     hold_out = config.evaluation and task in (RANKING_TASKS | {Task.RP})
-    if hold_out and "target" in slots and task is Task.RP:
-        sources = [HELD_OUT if s == list(slots).index("target") else s for s in sources]
+    if hold_out and task is Task.RP:
+        target = list(slots).index("target")
+        sources = [HELD_OUT if s == target else s for s in sources]
     sampling = None
     if task in RANKING_TASKS:
         sampling = _sampling(task, frame, interactions.lazy(), indexed, config)
-
-    table = _core.build_prompts(
-        frame[key],
-        config.seed,
-        parts,
-        lists,
-        sources,
-        [
+    key = "item_id" if task is Task.TUI else "user_id"
+    core_args = {
+        "user_ids": frame[key],
+        "seed": config.seed,
+        "parts": parts,
+        "lists": lists,
+        "sources": sources,
+        "columns": [
             (
                 None if s.items is None else frame[s.items],
                 None if s.ratings is None else frame[s.ratings],
@@ -115,36 +170,14 @@ def build_prompts(
             )
             for s in slots.values()
         ],
-        indexed["item_id"],
-        [_item_field(indexed, name, config) for name in fields],
-        list(slots).index(history),
-        [list(slots).index(name) for name in also_seen],
-        hold_out,
-        sampling,
-    )
-    built = pl.DataFrame(table)
-    status = pl.Series(["ok", "empty_history", "too_few_candidates"]).gather(built["status"])
-    out = frame.select(key).with_columns(
-        prompt=built["prompt"].cast(pl.String),
-        status=status.cast(STATUSES),
-    )
-    if task in RANKING_TASKS:
-        out = out.with_columns(candidates=built["candidates"])
-    if hold_out:
-        out = out.with_columns(
-            held_out_item_id=built["held_out_item"],
-            held_out_position=built["held_out_position"],
-        )
-    if task is Task.RP and not hold_out:
-        no_target = pl.col("status").eq("ok") & frame["target"].list.len().eq(0)
-        out = out.with_columns(
-            target_item_id=frame["target_item_id"],
-            prompt=pl.when(no_target).then(None).otherwise("prompt"),
-            status=pl.when(no_target).then(pl.lit("no_target", STATUSES)).otherwise("status"),
-        )
-    if "unknown_candidates" in frame.columns:
-        out = out.with_columns(frame["unknown_candidates"])
-    return out
+        "item_ids": indexed["item_id"],
+        "item_fields": [_item_field(indexed, name, config) for name in fields],
+        "history": list(slots).index(history),
+        "also_seen": [list(slots).index(name) for name in also_seen],
+        "hold_out_last": hold_out,
+        "sampling": sampling,
+    }
+    return Prepared(task, key, frame, hold_out, core_args)
 
 
 def _row_data(
@@ -246,7 +279,7 @@ def _grouped(
     with_items = interactions.join(
         items.lazy().select(wanted), on="item_id", how="inner", maintain_order="left"
     )
-    ordered = with_items.sort(key, "timestamp", maintain_order=True)
+    ordered = with_items.sort(key, "timestamp", INPUT_ORDER)
     return ordered.group_by(key, maintain_order=True).agg(**columns).collect()
 
 
