@@ -2,6 +2,7 @@
 
 import logging
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -21,11 +22,21 @@ from itdr_batch.datasets import (
     read_recbole,
     write_canonical,
 )
-from itdr_batch.tables import TableError
+from itdr_batch.prompts import PromptConfig, build_prompts
+from itdr_batch.tables import TableError, load_interactions, load_items, load_users
+from itdr_batch.tasks import DOMAINS, Task
+
+
+class Strategy(StrEnum):
+    uniform = "uniform"
+    popularity = "popularity"
+
 
 app = typer.Typer(no_args_is_help=True, help="Offline batch scoring of LLM recommenders (ITDR).")
 ingest = typer.Typer(no_args_is_help=True, help="Turn a public dataset into canonical Parquet.")
 app.add_typer(ingest, name="ingest")
+bench = typer.Typer(no_args_is_help=True, help="Benchmarks: figures and ratios, written as JSON.")
+app.add_typer(bench, name="bench")
 
 console = Console()
 errors = Console(stderr=True)
@@ -76,6 +87,103 @@ def ingest_recbole(
 ) -> None:
     """RecBole atomic files."""
     _ingest(lambda: read_recbole(inter, item), out)
+
+
+@app.command()
+def prompts(
+    task: Annotated[Task, typer.Option(help="ITDR subtask.")],
+    interactions: Annotated[Path, typer.Option(help="Canonical interactions Parquet.")],
+    items: Annotated[Path, typer.Option(help="Canonical items Parquet.")],
+    users: Annotated[
+        Path | None, typer.Option(help="Users shard (TUI: item ids); default: the first users.")
+    ] = None,
+    n: Annotated[int, typer.Option("-n", help="How many prompts to print.")] = 3,
+    domain: Annotated[str, typer.Option(help=f"Domain words: {', '.join(DOMAINS)}.")] = "movie",
+    chat: Annotated[str, typer.Option(help="Chat format: qwen, glm4, llama3 or raw.")] = "raw",
+    history_len: Annotated[int, typer.Option(help="History entries shown.")] = 10,
+    candidates: Annotated[int, typer.Option(help="Candidates per user (ranking tasks).")] = 10,
+    strategy: Annotated[Strategy, typer.Option(help="Negative sampling.")] = Strategy.uniform,
+    evaluation: Annotated[bool, typer.Option(help="Leave-last-out evaluation.")] = False,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    field: Annotated[
+        list[str] | None,
+        typer.Option(help="Template field from another items column, e.g. category=genres."),
+    ] = None,
+) -> None:
+    """Print the first prompts of a shard, to see what the model will see."""
+    try:
+        item_table = load_items(items)
+        interaction_table = load_interactions(interactions, item_table)
+        key = "item_id" if task is Task.TUI else "user_id"
+        if users is None:
+            source = item_table if task is Task.TUI else interaction_table
+            rows = source.frame.select(key).unique(maintain_order=True).head(n).collect()
+        else:
+            rows = load_users(users, item_table).frame.head(n).collect()
+        config = PromptConfig(
+            task=task,
+            domain=domain,
+            chat=chat,
+            history_len=history_len,
+            candidates=candidates,
+            strategy=strategy.value,
+            evaluation=evaluation,
+            seed=seed,
+            item_fields=dict(f.split("=", 1) for f in field or []),
+        )
+        built = build_prompts(rows, interaction_table.frame, item_table.frame.collect(), config)
+    except (TableError, ValueError, KeyError) as exc:
+        errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from exc
+    for row in built.iter_rows(named=True):
+        details = ", ".join(f"{k}={v}" for k, v in row.items() if k not in (key, "prompt"))
+        console.rule(f"{key} {row[key]}", style="dim")
+        console.print(details, style="dim", markup=False, highlight=False, soft_wrap=True)
+        console.print(row["prompt"] or "(no prompt)", markup=False, highlight=False, soft_wrap=True)
+
+
+@bench.command("prompts")
+def bench_prompts(
+    users: Annotated[int, typer.Option(help="Synthetic users (replicated histories).")] = 1_000_000,
+    python_users: Annotated[
+        int, typer.Option(help="Users for the (slow) pure-Python implementation.")
+    ] = 200_000,
+    data: Annotated[
+        Path, typer.Option(help="MovieLens folder whose histories are replicated.")
+    ] = Path("../shared/data/movielens-latest-small"),
+    json_path: Annotated[Path, typer.Option("--json", help="Where the figures go.")] = Path(
+        "benchmarks/results/prompts.json"
+    ),
+) -> None:
+    """Prompt construction: Rust vs pure Python vs Polars vs the memory floor; sampling rate."""
+    from itdr_batch.bench import prompts as bench_module
+
+    source = data if data.is_dir() else SAMPLE
+    if source != data:
+        errors.print(f"{data} not found: replicating the bundled sample instead", highlight=False)
+    figures = bench_module.run(users, python_users, source)
+    bench_module.write(figures, json_path)
+    table = RichTable(title=f"TKR prompts, {users:,} users, {figures['threads']} threads")
+    for column in ("implementation", "prompts/s", "rust speed-up", "byte-identical"):
+        table.add_column(column, justify="left" if column == "implementation" else "right")
+    rust_rate = figures["prompts_per_s"]["rust"]
+    for name, rate in figures["prompts_per_s"].items():
+        same = figures["byte_identical"].get(name)
+        table.add_row(
+            name,
+            f"{rate:,.0f}",
+            f"{rust_rate / rate:.2f}",
+            "-" if same is None else ("yes" if same else "NO"),
+        )
+    console.print(table)
+    per_core = figures["candidates_per_s_per_core"]
+    console.print(
+        f"sampling: {figures['candidates_per_s']:,.0f} candidates/s ({per_core:,.0f} per core); "
+        f"mean prompt {figures['mean_prompt_bytes']:.0f} B; Polars preparation "
+        f"{figures['prep_s']:.1f} s; targets met: {figures['targets_met']}",
+        highlight=False,
+    )
+    console.print(f"written to {escape(str(json_path))}", highlight=False)
 
 
 def _ingest(read: Callable[[], Ingested], out: Path) -> None:

@@ -373,8 +373,19 @@ def _compile(
                 if field_name not in fields:
                     fields.append(field_name)
                 entry.append(fields.index(field_name))
-        lists.append(([p for p in entry if p != ""], spec.separator))
-    return [p for p in parts if p != ""], lists, sources
+        lists.append((_merged(entry), spec.separator))
+    return _merged(parts), lists, sources
+
+
+def _merged(pieces: list[str | int]) -> list[str | int]:
+    """Adjacent literal pieces as one (fewer copies per row), empty ones dropped."""
+    merged: list[str | int] = []
+    for piece in pieces:
+        if isinstance(piece, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += piece
+        elif piece != "":
+            merged.append(piece)
+    return merged
 
 
 def _item_field(items: pl.DataFrame, name: str, config: PromptConfig) -> pl.Series:

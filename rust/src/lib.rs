@@ -95,7 +95,7 @@ fn build_prompts(
             .into_iter()
             .map(|(entry, separator)| {
                 let entry = entry.into_iter().map(piece).collect::<PyResult<_>>()?;
-                Ok(ListFormat { entry, separator })
+                Ok(ListFormat::new(entry, separator))
             })
             .collect::<PyResult<_>>()?,
     };
@@ -234,12 +234,15 @@ fn batch(chunk: Chunk, item_ids: &ArrayRef, schema: Arc<Schema>) -> PyResult<Rec
         .iter()
         .map(|s| *s != prompts::Status::EmptyHistory)
         .collect();
-    let prompt = LargeStringArray::try_new(
-        OffsetBuffer::new(ScalarBuffer::from(chunk.offsets)),
-        Buffer::from_vec(chunk.bytes),
-        Some(NullBuffer::from(has_prompt)),
-    )
-    .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    // SAFETY: `render` writes only whole `&str` values and ASCII digits, so the bytes are UTF-8,
+    // and the offsets are the increasing buffer lengths recorded after each row.
+    let prompt = unsafe {
+        LargeStringArray::new_unchecked(
+            OffsetBuffer::new_unchecked(ScalarBuffer::from(chunk.offsets)),
+            Buffer::from_vec(chunk.bytes),
+            Some(NullBuffer::from(has_prompt)),
+        )
+    };
     let candidates = ListArray::try_new(
         Arc::new(Field::new_list_field(item_ids.data_type().clone(), false)),
         OffsetBuffer::new(ScalarBuffer::from(chunk.candidate_offsets)),

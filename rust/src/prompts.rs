@@ -115,6 +115,7 @@ fn build_chunk(
     let mut marks = Marks::new(job.n_items);
     let mut scratch = Vec::new();
     let no_items: &[u32] = &[];
+    let rows_in_chunk = rows.len();
     for row in rows {
         let history = row_slot(&columns[job.history], row);
         let history_items = history.items.unwrap_or(no_items);
@@ -171,6 +172,7 @@ fn build_chunk(
             };
             slots.push(slot);
         }
+        let before = chunk.bytes.len();
         render(
             &job.template,
             item_fields,
@@ -178,6 +180,11 @@ fn build_chunk(
             &mut chunk.bytes,
             &mut scratch,
         );
+        if before == 0 {
+            // Size the chunk's buffer from its first prompt, instead of growing it by copies.
+            let estimate = (chunk.bytes.len() + chunk.bytes.len() / 8) * rows_in_chunk;
+            chunk.bytes.reserve(estimate);
+        }
         chunk.offsets.push(chunk.bytes.len() as i64);
         let short = drawn.as_ref().is_some_and(|d| d.short);
         if let Some(d) = &drawn {

@@ -29,12 +29,48 @@ pub enum Piece {
     Field(Field),
 }
 
+/// Entry positions whose leading text (separator, index, literals) is rendered in advance.
+const PRERENDERED: usize = 64;
+
 /// How a list slot is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListFormat {
-    pub entry: Vec<Piece>,
+    entry: Vec<Piece>,
     /// `Some(sep)`: entries joined by `sep`; `None`: a Python list literal of the entries.
-    pub separator: Option<String>,
+    separator: Option<String>,
+    /// Joined lists: how many leading pieces are literals or the index, and their text
+    /// (after the separator) for the first positions, so an entry costs one copy plus its fields.
+    lead_pieces: usize,
+    leads: Vec<Vec<u8>>,
+}
+
+impl ListFormat {
+    pub fn new(entry: Vec<Piece>, separator: Option<String>) -> Self {
+        let lead_pieces = entry
+            .iter()
+            .take_while(|p| matches!(p, Piece::Literal(_) | Piece::Field(Field::Index)))
+            .count();
+        let leads = match &separator {
+            None => Vec::new(),
+            Some(sep) => (0..PRERENDERED)
+                .map(|i| {
+                    let mut lead = if i > 0 {
+                        sep.as_bytes().to_vec()
+                    } else {
+                        Vec::new()
+                    };
+                    write_pieces(&entry[..lead_pieces], &[], &Slot::default(), i, &mut lead);
+                    lead
+                })
+                .collect(),
+        };
+        ListFormat {
+            entry,
+            separator,
+            lead_pieces,
+            leads,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,11 +129,16 @@ pub fn render(
                 let slot = &slots[*k];
                 match &format.separator {
                     Some(separator) => {
+                        let rest = &format.entry[format.lead_pieces..];
                         for i in 0..slot.len {
-                            if i > 0 {
-                                out.extend_from_slice(separator.as_bytes());
+                            if let Some(lead) = format.leads.get(i) {
+                                out.extend_from_slice(lead);
+                            } else {
+                                push_bytes(out, separator.as_bytes());
+                                let lead = &format.entry[..format.lead_pieces];
+                                write_pieces(lead, item_fields, slot, i, out);
                             }
-                            write_entry(&format.entry, item_fields, slot, i, out);
+                            write_pieces(rest, item_fields, slot, i, out);
                         }
                     }
                     None => {
@@ -107,7 +148,7 @@ pub fn render(
                                 out.extend_from_slice(b", ");
                             }
                             scratch.clear();
-                            write_entry(&format.entry, item_fields, slot, i, scratch);
+                            write_pieces(&format.entry, item_fields, slot, i, scratch);
                             // Entries are built from UTF-8 pieces only.
                             let entry = std::str::from_utf8(scratch).unwrap_or_default();
                             push_python_repr(out, entry);
@@ -120,7 +161,19 @@ pub fn render(
     }
 }
 
-fn write_entry(
+/// Appends `bytes`; short pieces (list markers, separators) skip the call into `memcpy`.
+#[inline]
+fn push_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    if bytes.len() <= 8 {
+        for &b in bytes {
+            out.push(b);
+        }
+    } else {
+        out.extend_from_slice(bytes);
+    }
+}
+
+fn write_pieces(
     pieces: &[Piece],
     item_fields: &[StringArray],
     slot: &Slot<'_>,
@@ -129,7 +182,7 @@ fn write_entry(
 ) {
     for piece in pieces {
         match piece {
-            Piece::Literal(text) => out.extend_from_slice(text.as_bytes()),
+            Piece::Literal(text) => push_bytes(out, text.as_bytes()),
             Piece::Field(Field::Index) => push_decimal(out, i as u64 + 1),
             Piece::Field(Field::Item(k)) => {
                 if let Some(items) = slot.items {
@@ -159,6 +212,15 @@ fn write_entry(
 }
 
 fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    // List positions are almost always one or two digits.
+    if n < 10 {
+        out.push(b'0' + n as u8);
+        return;
+    }
+    if n < 100 {
+        out.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8]);
+        return;
+    }
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {
@@ -287,23 +349,23 @@ mod tests {
                 Part::Literal(".".into()),
             ],
             lists: vec![
-                ListFormat {
-                    entry: vec![
+                ListFormat::new(
+                    vec![
                         Piece::Field(Field::Index),
                         lit(". "),
                         Piece::Field(Field::Item(0)),
                     ],
-                    separator: Some("\n".into()),
-                },
-                ListFormat {
-                    entry: vec![
+                    Some("\n".into()),
+                ),
+                ListFormat::new(
+                    vec![
                         Piece::Field(Field::Item(0)),
                         lit(" ("),
                         Piece::Field(Field::Rating),
                         lit(")"),
                     ],
-                    separator: Some(", ".into()),
-                },
+                    Some(", ".into()),
+                ),
             ],
         };
         let ratings = Float64Array::from(vec![9.0, 4.0, 4.5]);
@@ -331,16 +393,16 @@ mod tests {
     fn python_list_literal_quotes_like_repr() {
         let template = Template {
             parts: vec![Part::Slot(0)],
-            lists: vec![ListFormat {
-                entry: vec![
+            lists: vec![ListFormat::new(
+                vec![
                     Piece::Field(Field::Index),
                     lit("."),
                     Piece::Field(Field::Item(0)),
                     lit(":"),
                     Piece::Field(Field::Item(1)),
                 ],
-                separator: None,
-            }],
+                None,
+            )],
         };
         let items = [0, 1, 2, 3];
         let slots = [Slot {
@@ -356,14 +418,8 @@ mod tests {
 
     #[test]
     fn empty_list_renders_nothing_or_brackets() {
-        let joined = ListFormat {
-            entry: vec![lit("x")],
-            separator: Some(", ".into()),
-        };
-        let listed = ListFormat {
-            entry: vec![lit("x")],
-            separator: None,
-        };
+        let joined = ListFormat::new(vec![lit("x")], Some(", ".into()));
+        let listed = ListFormat::new(vec![lit("x")], None);
         let template = Template {
             parts: vec![Part::Slot(0), Part::Slot(1)],
             lists: vec![joined, listed],
@@ -372,6 +428,27 @@ mod tests {
             rendered(&template, &[Slot::default(), Slot::default()]),
             "[]"
         );
+    }
+
+    #[test]
+    fn long_lists_render_past_the_prerendered_positions() {
+        let items = vec![0u32; 70];
+        let slot = Slot {
+            len: 70,
+            items: Some(&items),
+            ..Slot::default()
+        };
+        let entry = vec![
+            Piece::Field(Field::Index),
+            lit(". "),
+            Piece::Field(Field::Item(0)),
+        ];
+        let template = Template {
+            parts: vec![Part::Slot(0)],
+            lists: vec![ListFormat::new(entry, Some("\n".into()))],
+        };
+        let expected: Vec<String> = (1..=70).map(|i| format!("{i}. Heat (1995)")).collect();
+        assert_eq!(rendered(&template, &[slot]), expected.join("\n"));
     }
 
     #[test]
@@ -386,14 +463,14 @@ mod tests {
         };
         let template = Template {
             parts: vec![Part::Slot(0)],
-            lists: vec![ListFormat {
-                entry: vec![
+            lists: vec![ListFormat::new(
+                vec![
                     Piece::Field(Field::Item(0)),
                     lit(": "),
                     Piece::Field(Field::Text),
                 ],
-                separator: Some("\n".into()),
-            }],
+                Some("\n".into()),
+            )],
         };
         assert_eq!(
             rendered(&template, &[slot.tail(2)]),
