@@ -9,7 +9,7 @@ rows. Popularity weights are counted over the whole interactions table, never ov
 
 import json
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -51,6 +51,18 @@ class PromptConfig:
     liked_min_rating: float = 4.0
     disliked_max_rating: float = 2.0
     attribute_names: tuple[str, ...] = ("age group", "gender", "occupation")
+
+    def __post_init__(self) -> None:
+        Task(self.task)
+        if self.history_len < 1 or self.candidates < 1:
+            raise ValueError("history_len and candidates must be at least 1")
+        if self.strategy not in ("uniform", "popularity"):
+            raise ValueError(f"strategy must be uniform or popularity, not {self.strategy!r}")
+        if not 0 <= self.popularity_exponent < float("inf"):
+            raise ValueError("popularity_exponent must be finite and at least 0")
+        if isinstance(self.domain, str) and self.domain not in DOMAINS:
+            known = ", ".join(DOMAINS)
+            raise ValueError(f"unknown domain {self.domain!r}; known: {known}")
 
     def words(self) -> dict[str, str]:
         domain = self.domain if isinstance(self.domain, Domain) else DOMAINS[self.domain]
@@ -337,20 +349,23 @@ def _compile(
     before, after = chat_format(config.chat).split()
     words = config.words()
     names = list(template.lists)
-    parts: list[str | int] = [before + template.description + "\n"]
-    for literal, name, _, _ in string.Formatter().parse(template.input):
-        parts.append(literal)
-        if name is None:
-            continue
-        if name in words:
-            parts.append(words[name])
-        elif name in template.lists:
-            parts.append(names.index(name))
-        else:
-            known = ", ".join([*words, *names])
-            raise ValueError(f"task {config.task}: unknown placeholder {{{name}}}; known: {known}")
-    parts.append(after)
 
+    def placeholder(name: str) -> str | int:
+        if name in words:
+            return words[name]
+        if name in names:
+            return names.index(name)
+        known = ", ".join([*words, *names])
+        raise ValueError(f"task {config.task}: unknown placeholder {{{name}}}; known: {known}")
+
+    def entry_field(name: str) -> int:
+        if name in ENTRY_FIELDS:
+            return ENTRY_FIELDS[name]
+        if name not in fields:
+            fields.append(name)
+        return fields.index(name)
+
+    parts = [before + template.description + "\n", *_pieces(template.input, placeholder), after]
     lists: list[tuple[list[str | int], str | None]] = []
     sources: list[int] = []
     data = list(slots)
@@ -362,19 +377,18 @@ def _compile(
             sources.append(data.index(source))
         else:
             raise ValueError(f"task {config.task}: list {name!r} shows unknown data {source!r}")
-        entry: list[str | int] = []
-        for literal, field_name, _, _ in string.Formatter().parse(spec.entry):
-            entry.append(literal)
-            if field_name is None:
-                continue
-            if field_name in ENTRY_FIELDS:
-                entry.append(ENTRY_FIELDS[field_name])
-            else:
-                if field_name not in fields:
-                    fields.append(field_name)
-                entry.append(fields.index(field_name))
-        lists.append((_merged(entry), spec.separator))
+        lists.append((_pieces(spec.entry, entry_field), spec.separator))
     return _merged(parts), lists, sources
+
+
+def _pieces(text: str, resolve: Callable[[str], str | int]) -> list[str | int]:
+    """`text` split at its `{name}` placeholders, each replaced by `resolve(name)`."""
+    pieces: list[str | int] = []
+    for before, name, _, _ in string.Formatter().parse(text):
+        pieces.append(before)
+        if name is not None:
+            pieces.append(resolve(name))
+    return _merged(pieces)
 
 
 def _merged(pieces: list[str | int]) -> list[str | int]:

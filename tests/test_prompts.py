@@ -15,7 +15,7 @@ from itdr_batch.chat import CHAT_FORMATS, ChatFormat
 from itdr_batch.datasets import SAMPLE, read_movielens
 from itdr_batch.ids import stable_hash
 from itdr_batch.prompts import PromptConfig, build_prompts
-from itdr_batch.tasks import Task
+from itdr_batch.tasks import TEMPLATES, ListSpec, Task, TaskTemplate
 
 # Titles as real catalogues have them, and worse.
 TITLES = st.text(
@@ -238,6 +238,28 @@ def test_chat_formats(name: str, wrapped: str) -> None:
     assert before + "TD\nIN" + after == wrapped
 
 
+def test_template_override(sample: tuple[pl.DataFrame, pl.DataFrame]) -> None:
+    items, interactions = sample
+    mine = TaskTemplate(
+        description="Rank.",
+        input="Seen: {history}\nPick from {candidates} ({items}).",
+        lists={
+            "history": ListSpec("{title} [{genres}]", "; "),
+            "candidates": ListSpec("{index}) {title}", " | "),
+        },
+    )
+    config = PromptConfig(task=Task.TKR, template=mine, history_len=2, candidates=3)
+    row = build_prompts(pl.DataFrame({"user_id": [1]}), interactions, items, config).row(
+        0, named=True
+    )
+    title = dict(zip(items["item_id"], items["title"], strict=True))
+    offered = " | ".join(f"{i}) {title[c]}" for i, c in enumerate(row["candidates"], start=1))
+    assert row["prompt"].startswith("Rank.\nSeen: ")
+    assert row["prompt"].endswith(f"\nPick from {offered} (movies).")
+    assert row["prompt"].count("; ") == 1
+    assert "|" in row["prompt"].split("Seen: ")[1].split("; ")[0]  # genres joined with "|"
+
+
 def test_chat_format_override_reaches_the_prompt(sample: tuple[pl.DataFrame, pl.DataFrame]) -> None:
     items, interactions = sample
     custom = ChatFormat("<s>[INST] <<{system}>> {content} [/INST]", system="be brief")
@@ -258,3 +280,14 @@ def test_configuration_errors_name_the_problem(sample: tuple[pl.DataFrame, pl.Da
         build_prompts(users, interactions, items, PromptConfig(task=Task.CDR))
     with pytest.raises(ValueError, match=r"task ir: interactions need column\(s\) \['review'\]"):
         build_prompts(users, interactions, items, PromptConfig(task=Task.IR))
+    odd = TaskTemplate(
+        description="TD", input="{history} for {nope}", lists=TEMPLATES[Task.TKR].lists
+    )
+    with pytest.raises(ValueError, match=r"unknown placeholder \{nope\}; known: item, items"):
+        build_prompts(users, interactions, items, PromptConfig(task=Task.TKR, template=odd))
+    with pytest.raises(ValueError, match="unknown domain 'films'; known: movie, anime"):
+        PromptConfig(task=Task.TKR, domain="films")
+    with pytest.raises(ValueError, match="popularity_exponent must be finite"):
+        PromptConfig(task=Task.TKR, popularity_exponent=-1)
+    with pytest.raises(ValueError, match="'lottery' is not a valid Task"):
+        PromptConfig(task="lottery")  # type: ignore[arg-type]
