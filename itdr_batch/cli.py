@@ -129,10 +129,10 @@ def prompts(
             strategy=strategy.value,
             evaluation=evaluation,
             seed=seed,
-            item_fields=dict(f.split("=", 1) for f in field or []),
+            item_fields=_field_mapping(field or []),
         )
         built = build_prompts(rows, interaction_table.frame, item_table.frame.collect(), config)
-    except (TableError, ValueError, KeyError) as exc:
+    except (TableError, ValueError) as exc:
         errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
     for row in built.iter_rows(named=True):
@@ -140,6 +140,16 @@ def prompts(
         console.rule(f"{key} {row[key]}", style="dim")
         console.print(details, style="dim", markup=False, highlight=False, soft_wrap=True)
         console.print(row["prompt"] or "(no prompt)", markup=False, highlight=False, soft_wrap=True)
+
+
+def _field_mapping(pairs: list[str]) -> dict[str, str]:
+    """`--field category=genres` pairs as a mapping."""
+    malformed = [p for p in pairs if "=" not in p]
+    if malformed:
+        raise typer.BadParameter(
+            f"expected FIELD=COLUMN, got {malformed[0]!r}", param_hint="--field"
+        )
+    return dict(p.split("=", 1) for p in pairs)
 
 
 @bench.command("prompts")

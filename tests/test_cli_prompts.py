@@ -43,6 +43,9 @@ def test_prompts_reports_configuration_errors(cli: CliRunner, tmp_path: Path) ->
     result = cli.invoke(app, [*args, "--items", str(tmp_path / "items.parquet")])
     assert result.exit_code == 2
     assert "template field {category} is not an items column" in result.output
+    result = cli.invoke(app, [*args, "--items", str(tmp_path / "items.parquet"), "--field", "x"])
+    assert result.exit_code == 2
+    assert "expected FIELD=COLUMN, got 'x'" in result.output
 
 
 def test_bench_prompts_writes_figures_for_identical_bytes(cli: CliRunner, tmp_path: Path) -> None:
