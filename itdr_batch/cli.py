@@ -4,7 +4,7 @@ import logging
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -133,8 +133,7 @@ def prompts(
         )
         built = build_prompts(rows, interaction_table.frame, item_table.frame.collect(), config)
     except (TableError, ValueError) as exc:
-        errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from exc
+        _fail(exc)
     for row in built.iter_rows(named=True):
         details = ", ".join(f"{k}={v}" for k, v in row.items() if k not in (key, "prompt"))
         console.rule(f"{key} {row[key]}", style="dim")
@@ -200,9 +199,14 @@ def _ingest(read: Callable[[], Ingested], out: Path) -> None:
     try:
         summary = write_canonical(read(), out)
     except (IngestError, TableError) as exc:
-        errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from exc
+        _fail(exc)
     _print_summary(summary)
+
+
+def _fail(exc: Exception) -> NoReturn:
+    """Bad input ends the command with its message and exit status 2, without a traceback."""
+    errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2) from exc
 
 
 def _print_summary(summary: Summary) -> None:

@@ -259,10 +259,10 @@ def _row_data(
     if task is Task.RP:
         if "target_item_id" not in frame.columns:
             frame = frame.with_columns(target_item_id=pl.lit(None, items["item_id"].dtype))
-        frame = frame.with_columns(target=_to_indices(pl.concat_list("target_item_id"), items))
+        frame = frame.with_columns(target=item_indices(pl.concat_list("target_item_id"), items))
         slots["target"] = Slot(items="target")
     if task in RANKING_TASKS and "candidates" in rows.columns:
-        known = _to_indices(pl.col("candidates"), items)
+        known = item_indices(pl.col("candidates"), items)
         frame = frame.with_columns(
             provided=known,
             unknown_candidates=(pl.col("candidates").list.len() - known.list.len())
@@ -309,8 +309,8 @@ def _attach(
     return frame
 
 
-def _to_indices(ids: pl.Expr, items: pl.DataFrame) -> pl.Expr:
-    """Item ids (a list per row) to dense item indices; unknown ids are dropped."""
+def item_indices(ids: pl.Expr, items: pl.DataFrame) -> pl.Expr:
+    """Item ids (a list per row) to dense item indices (`items`' `idx`); unknown ids are dropped."""
     mapping = items.select("item_id", "idx")
     return (
         ids.list.eval(pl.element().replace_strict(mapping["item_id"], mapping["idx"], default=None))

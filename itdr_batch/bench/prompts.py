@@ -25,7 +25,7 @@ import polars as pl
 
 from itdr_batch import _core
 from itdr_batch.datasets import read_movielens
-from itdr_batch.prompts import PromptConfig, prepare
+from itdr_batch.prompts import PromptConfig, item_indices, prepare
 from itdr_batch.tasks import Task
 
 HISTORY = 10
@@ -61,13 +61,8 @@ def run(users: int, python_users: int, source: Path, repeat: int = 3) -> dict[st
     head, middle, tail = texts
     titles = items["title"]
     history = prepared.frame["items"]
-    candidates = (
-        built["candidates"]
-        .list.eval(
-            pl.element().replace_strict(items["item_id"], pl.int_range(items.height, eager=True))
-        )
-        .cast(pl.List(pl.UInt32))
-    )
+    indexed = items.with_row_index("idx")
+    candidates = built.select(item_indices(pl.col("candidates"), indexed))["candidates"]
 
     subset = min(python_users, users)
     python_s, python_prompts = _best(

@@ -154,10 +154,12 @@ fn build_chunk(
         for source in &job.sources {
             let slot = match source {
                 Source::Data(c) => {
-                    let mut slot = row_slot(&columns[*c], row);
-                    if *c == job.history && job.hold_out_last {
-                        slot = slot.skip(0, kept);
-                    }
+                    // The history was read above; it loses its held-out entry, if any.
+                    let slot = if *c == job.history {
+                        history.skip(0, kept)
+                    } else {
+                        row_slot(&columns[*c], row)
+                    };
                     match columns[*c].max_entries {
                         Some(n) => slot.tail(n),
                         None => slot,
