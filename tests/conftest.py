@@ -1,10 +1,15 @@
-"""Shared fixtures: the real public data in ../shared/data, and a CLI runner."""
+"""Shared fixtures: the real public data in ../shared/data, a CLI runner, the tiny model and
+one engine of each kind per session (vLLM takes ~20 s to start here)."""
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
+
+from itdr_batch.engines import Engine, load_tokenizer, open_engine
+from itdr_batch.testing import Tiny, build_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -24,3 +29,29 @@ def shared_data() -> Path:
 @pytest.fixture
 def cli() -> CliRunner:
     return CliRunner()
+
+
+@pytest.fixture(scope="session")
+def tiny(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+    """The tiny Qwen2 model with the real Qwen2.5 tokenizer, and two adapters (a1, a2)."""
+    return build_tiny(tmp_path_factory.mktemp("tiny"), shared_data / "qwen2.5-tokenizer")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny: Tiny) -> object:
+    return load_tokenizer(tiny.config())
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(tiny: Tiny) -> Iterator[Engine]:
+    """vLLM's CPU build, chosen by ``engine = "auto"``."""
+    engine = open_engine(tiny.config(engine="auto", chunk_size=16))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def hf_engine(tiny: Tiny) -> Iterator[Engine]:
+    engine = open_engine(tiny.config(engine="hf", chunk_size=16))
+    yield engine
+    engine.close()

@@ -1,0 +1,54 @@
+"""Engine settings, validated by pydantic: a wrong key or value names itself and what is allowed."""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+EngineKind = Literal["auto", "vllm", "hf"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class AdapterSpec(BaseModel):
+    """A LoRA adapter folder (``adapter_config.json`` + weights) and the name the job uses for it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    path: Path
+
+
+class EngineConfig(BaseModel):
+    """How to run the model. Defaults suit one GPU; the CPU needs a small KV cache (DESIGN §7)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    engine: EngineKind = "auto"
+    model: Path
+    adapters: tuple[AdapterSpec, ...] = ()
+    dtype: DType = "auto"
+    max_model_len: int = Field(default=4096, ge=16)
+    # vLLM on a GPU: the fraction of GPU memory it may take. On the CPU this fraction is of RAM,
+    # so set `kv_cache_gib` there instead.
+    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
+    kv_cache_gib: int | None = Field(default=None, ge=1)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    enforce_eager: bool = False
+    # Run vLLM's engine core in this process. None: in-process on the CPU (saves two interpreter
+    # start-ups, ~50 s here), a separate process on GPUs (overlaps scheduling with compute).
+    inline_engine: bool | None = None
+    # Requests handed to the engine per call: bounds memory and keeps prefix-sharing prompts close.
+    chunk_size: int = Field(default=512, ge=1)
+    # transformers: the most (padded) tokens in one forward pass.
+    batch_tokens: int = Field(default=16384, ge=16)
+    seed: int = 0
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+
+    @field_validator("adapters")
+    @classmethod
+    def _unique_names(cls, adapters: tuple[AdapterSpec, ...]) -> tuple[AdapterSpec, ...]:
+        names = [a.name for a in adapters]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"adapter names must be unique; repeated: {', '.join(dupes)}")
+        return adapters

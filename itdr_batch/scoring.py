@@ -1,0 +1,230 @@
+"""The three scoring modes (DESIGN.md §4) on top of any engine.
+
+- ``generate``: greedy decoding of the trained answer, parsed back (``itdr_batch.parsing``).
+- ``likelihood``: per candidate, the mean log-probability of the answer the adapter would emit
+  for it (TKR/CDR ``1. <title>``, NIR ``<title>``, RP each rating of the scale), softmax within
+  the list. The engines prefill each shared prompt once.
+- ``label``: next-token log-probabilities of fixed label tokens (RP: the scale's ratings), giving
+  the expected rating and the most likely one.
+"""
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import polars as pl
+
+from itdr_batch.engines import Engine, Failure, Prompt
+from itdr_batch.parsing import parse_attributes, parse_ranking, parse_rating, parse_text
+from itdr_batch.tasks import RANKING_TASKS, Task
+
+
+class Mode(StrEnum):
+    GENERATE = "generate"
+    LIKELIHOOD = "likelihood"
+    LABEL = "label"
+
+
+MODES: dict[Task, frozenset[Mode]] = {
+    Task.TKR: frozenset({Mode.GENERATE, Mode.LIKELIHOOD}),
+    Task.CDR: frozenset({Mode.GENERATE, Mode.LIKELIHOOD}),
+    Task.NIR: frozenset({Mode.GENERATE, Mode.LIKELIHOOD}),
+    Task.RP: frozenset({Mode.GENERATE, Mode.LIKELIHOOD, Mode.LABEL}),
+    Task.UAP: frozenset({Mode.GENERATE}),
+    Task.IR: frozenset({Mode.GENERATE}),
+    Task.TUI: frozenset({Mode.GENERATE}),
+}
+# Generated tokens allowed per task; ranked lists get this many per presented candidate.
+MAX_NEW_TOKENS = {Task.RP: 8, Task.NIR: 64, Task.UAP: 64, Task.IR: 256, Task.TUI: 256}
+TOKENS_PER_RANKED_LINE = 24
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    task: Task
+    mode: Mode
+    rating_scale: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0)
+    max_new_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        allowed = MODES[Task(self.task)]
+        if Mode(self.mode) not in allowed:
+            names = ", ".join(sorted(allowed))
+            raise ValueError(f"task {self.task} cannot be scored in mode {self.mode}; use {names}")
+        if not self.rating_scale:
+            raise ValueError("rating_scale must hold at least one rating")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One prompt to score; ``candidates`` are the presented titles, in order (ranking tasks)."""
+
+    prompt: str
+    candidates: Sequence[str] = ()
+    adapter: str | None = None
+
+
+@dataclass
+class Scored:
+    """One row's result. Per-candidate lists follow the presented order; ranks start at 1."""
+
+    status: str
+    scores: list[float] | None = None
+    probs: list[float] | None = None
+    ranks: list[int] | None = None
+    rating: float | None = None
+    rating_argmax: float | None = None
+    text: str | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+    detail: str | None = None
+
+
+class Scorer:
+    """Scores rows of one task in one mode with an engine and the model's tokenizer."""
+
+    def __init__(self, engine: Engine, tokenizer: Any, config: ScoringConfig) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.config = config
+        self.task = Task(config.task)
+        self.mode = Mode(config.mode)
+        self._ratings = [f"{r:g}" for r in config.rating_scale]
+        self._label_ids: list[int] = []
+        if self.mode is Mode.LABEL:
+            for rating, ids in zip(self._ratings, self._encode(self._ratings), strict=True):
+                if len(ids) != 1:
+                    raise ValueError(
+                        f"label mode needs each rating to be one token; {rating!r} is {len(ids)} "
+                        "tokens for this tokenizer: use likelihood mode"
+                    )
+                self._label_ids.append(ids[0])
+
+    def score(self, rows: Sequence[Row]) -> list[Scored]:
+        unknown = {r.adapter for r in rows} - {None, *self.engine.adapters}
+        if unknown:
+            raise ValueError(f"unknown adapter(s) {sorted(map(str, unknown))}")
+        prompts = [
+            Prompt(ids, row.adapter)
+            for ids, row in zip(self._encode([r.prompt for r in rows]), rows, strict=True)
+        ]
+        if self.mode is Mode.GENERATE:
+            return self._generate(rows, prompts)
+        if self.mode is Mode.LABEL:
+            outs = self.engine.next_token_logprobs(prompts, self._label_ids)
+            return [_failed(o) if isinstance(o, Failure) else self._rating(o) for o in outs]
+        return self._likelihood(rows, prompts)
+
+    def _likelihood(self, rows: Sequence[Row], prompts: list[Prompt]) -> list[Scored]:
+        if self.task is Task.RP:
+            answers = [self._ratings] * len(rows)
+        elif self.task is Task.NIR:
+            answers = [list(r.candidates) for r in rows]
+        else:
+            answers = [[f"1. {title}" for title in r.candidates] for r in rows]
+        encoded = [self._encode(a) if a else [] for a in answers]
+        outs = self.engine.continuation_logprobs(prompts, encoded)
+        results = []
+        for out in outs:
+            if isinstance(out, Failure):
+                results.append(_failed(out))
+                continue
+            means = [sum(lp) / len(lp) if lp else -math.inf for lp in out]
+            if self.task is Task.RP:
+                results.append(self._rating(means))
+            elif not means:
+                results.append(Scored("no_candidates"))
+            else:
+                results.append(
+                    Scored("ok", scores=means, probs=_softmax(means), ranks=_ranks(means))
+                )
+        return results
+
+    def _rating(self, logprobs: list[float]) -> Scored:
+        probs = _softmax(logprobs)
+        scale = self.config.rating_scale
+        best = max(range(len(scale)), key=probs.__getitem__)
+        expected = sum(p * r for p, r in zip(probs, scale, strict=True))
+        return Scored(
+            "ok", scores=logprobs, probs=probs, rating=expected, rating_argmax=scale[best]
+        )
+
+    def _generate(self, rows: Sequence[Row], prompts: list[Prompt]) -> list[Scored]:
+        limit = self.config.max_new_tokens
+        if limit is None:
+            if self.task in RANKING_TASKS and self.task is not Task.NIR:
+                widest = max((len(r.candidates) for r in rows), default=1)
+                limit = TOKENS_PER_RANKED_LINE * widest
+            else:
+                limit = MAX_NEW_TOKENS[self.task]
+        outs = self.engine.generate(prompts, limit)
+        results = []
+        for row, out in zip(rows, outs, strict=True):
+            if isinstance(out, Failure):
+                results.append(_failed(out))
+                continue
+            text = self.tokenizer.decode(out, skip_special_tokens=True)
+            results.append(self._parsed(row, text))
+        return results
+
+    def _parsed(self, row: Row, text: str) -> Scored:
+        if self.task in RANKING_TASKS:
+            if not row.candidates:
+                return Scored("no_candidates", text=text)
+            ranking = parse_ranking(text, row.candidates, single=self.task is Task.NIR)
+            ranks = [0] * len(ranking.order)
+            for position, candidate in enumerate(ranking.order):
+                ranks[candidate] = position + 1
+            return Scored(ranking.status, ranks=ranks, text=text)
+        if self.task is Task.RP:
+            rating, status = parse_rating(text, self.config.rating_scale)
+            return Scored(status, rating=rating, text=text)
+        if self.task is Task.UAP:
+            fields, status = parse_attributes(text)
+            return Scored(status, text=text, fields=fields)
+        stripped, status = parse_text(text)
+        return Scored(status, text=stripped)
+
+    def _encode(self, texts: Sequence[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        ids: list[list[int]] = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return ids
+
+
+def _failed(failure: Failure) -> Scored:
+    return Scored(failure.reason, detail=failure.detail)
+
+
+def _softmax(values: list[float]) -> list[float]:
+    top = max(values)
+    exps = [math.exp(v - top) for v in values]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def _ranks(scores: list[float]) -> list[int]:
+    """1 = highest score; ties keep the presented order."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    ranks = [0] * len(scores)
+    for position, i in enumerate(order):
+        ranks[i] = position + 1
+    return ranks
+
+
+def rows_from_prompts(
+    prompts: pl.DataFrame, items: pl.DataFrame, adapter: str | None = None
+) -> list[Row]:
+    """Rows for the built prompts of ``build_prompts``; candidate ids become their titles."""
+    built = prompts.filter(pl.col("prompt").is_not_null())
+    if "candidates" not in built.columns:
+        return [Row(p, adapter=adapter) for p in built["prompt"].to_list()]
+    titles = built.select(
+        pl.col("candidates").list.eval(
+            pl.element().replace_strict(items["item_id"], items["title"], return_dtype=pl.String)
+        )
+    )["candidates"]
+    return [
+        Row(p, t, adapter) for p, t in zip(built["prompt"].to_list(), titles.to_list(), strict=True)
+    ]
