@@ -18,7 +18,9 @@ FUZZY_CUTOFF = 85.0
 NUMBERING = re.compile(r"^\s*(?:\d+\s*[.):\]]|[-*•])\s*")
 NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 TRAILING = ".,;:!?"
-QUOTES = "\"'`“”‘’"
+QUOTES = "\"'`"
+# Typographic quotes read as plain ones.
+PLAIN_QUOTES = str.maketrans("\u201c\u201d\u2018\u2019", "\"\"''")
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class Ranking:
 
 def normalise(title: str) -> str:
     """Case, Unicode form, whitespace, surrounding quotes and trailing punctuation do not count."""
-    text = " ".join(unicodedata.normalize("NFKC", title).casefold().split())
+    text = " ".join(unicodedata.normalize("NFKC", title).translate(PLAIN_QUOTES).casefold().split())
     return text.strip(QUOTES).rstrip(TRAILING).strip().strip(QUOTES)
 
 

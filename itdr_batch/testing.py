@@ -73,10 +73,10 @@ def build_tiny_model(out: Path, tokenizer: Path, seed: int = 0) -> Path:
         bos_token_id=tok.bos_token_id,
         eos_token_id=eos if eos is not None else tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
-        torch_dtype="float32",
+        dtype="float32",
     )
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
+    model = Qwen2ForCausalLM(config)  # type: ignore[no-untyped-call]
     tmp = _fresh(out)
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
@@ -108,7 +108,7 @@ def build_adapter(out: Path, model: Path, seed: int, rank: int = 8, alpha: int =
             if "lora_B" in name:
                 param.normal_(0.0, 0.05)
     tmp = _fresh(out)
-    peft_model.save_pretrained(tmp, safe_serialization=True)
+    peft_model.save_pretrained(str(tmp), safe_serialization=True)
     (tmp / BUILD_STAMP).write_text(json.dumps(stamp))
     return _commit(tmp, out)
 

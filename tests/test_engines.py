@@ -25,6 +25,7 @@ USERS = 6
 @pytest.fixture(scope="module")
 def sample() -> tuple[pl.DataFrame, pl.DataFrame]:
     data = read_movielens(SAMPLE)
+    assert data.interactions is not None
     return data.interactions, data.items
 
 
@@ -79,7 +80,8 @@ def test_engines_agree(
     b = scored(hf_engine, tokenizer, rows, task, mode)
     for x, y in zip(a, b, strict=True):
         assert x.status == y.status == "ok"
-        assert x.scores is not None and y.scores is not None
+        assert x.scores is not None
+        assert y.scores is not None
         assert max(abs(p - q) for p, q in zip(x.scores, y.scores, strict=True)) < AGREEMENT
         if task is not Task.RP:
             assert x.ranks == y.ranks
@@ -119,7 +121,8 @@ def test_an_adapter_changes_scores_and_mixed_batches_match_separate_runs(
         expected = alone[adapter.adapter][i // 3]
         assert mixed[i].scores == pytest.approx(expected.scores, abs=AGREEMENT)
     for base, tuned in zip(alone[None], alone["a1"], strict=True):
-        assert base.scores is not None and tuned.scores is not None
+        assert base.scores is not None
+        assert tuned.scores is not None
         assert max(abs(p - q) for p, q in zip(base.scores, tuned.scores, strict=True)) > 0.05
 
 
@@ -136,8 +139,10 @@ def test_rp_expected_ratings_lie_in_the_scale(
     results = scored(engine, tokenizer, real_rows(sample, Task.RP, "a1"), Task.RP, mode)
     for r in results:
         assert r.status == "ok"
-        assert r.rating is not None and 1.0 <= r.rating <= 5.0
-        assert r.probs is not None and sum(r.probs) == pytest.approx(1.0)
+        assert r.rating is not None
+        assert 1.0 <= r.rating <= 5.0
+        assert r.probs is not None
+        assert sum(r.probs) == pytest.approx(1.0)
         assert r.rating_argmax == 1.0 + max(range(5), key=r.probs.__getitem__)
 
 
@@ -185,13 +190,15 @@ def test_a_failing_request_fails_alone(
     too_long = Row("movie " * 1100, rows[0].candidates, "a1")
     results = scored(engine, tokenizer, [rows[0], too_long, rows[1]], Task.TKR, Mode.LIKELIHOOD)
     assert [r.status for r in results] == ["ok", "prompt_too_long", "ok"]
-    assert results[1].detail is not None and "max_model_len 1024" in results[1].detail
+    assert results[1].detail is not None
+    assert "max_model_len 1024" in results[1].detail
 
     # A token id outside the vocabulary makes the engine itself raise: only that request fails.
     ok = [Prompt(tokenizer.encode(r.prompt), "a1") for r in rows[:3]]
     bad = Prompt([1, 2, 10_000_000], "a1")
     outs = engine.next_token_logprobs([ok[0], bad, ok[1], ok[2]], [16, 17])
-    assert isinstance(outs[1], Failure) and outs[1].reason == "engine_error"
+    assert isinstance(outs[1], Failure)
+    assert outs[1].reason == "engine_error"
     assert all(isinstance(o, list) and len(o) == 2 for o in outs[:1] + outs[2:])
 
 

@@ -10,7 +10,7 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]
 
 
 class AdapterSpec(BaseModel):
-    """A LoRA adapter folder (``adapter_config.json`` + weights) and the name the job uses for it."""
+    """A LoRA adapter folder (``adapter_config.json`` + weights) and the job's name for it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -28,7 +28,7 @@ class HfEngine:
     def __init__(self, config: EngineConfig, adapters: Sequence[Adapter]) -> None:
         from transformers import AutoModelForCausalLM, GenerationConfig
 
-        model = AutoModelForCausalLM.from_pretrained(
+        model: Any = AutoModelForCausalLM.from_pretrained(
             config.model,
             dtype=DTYPES.get(config.dtype, "auto"),
             use_safetensors=None if config.allow_pickle else True,
@@ -40,7 +40,7 @@ class HfEngine:
             first, *rest = adapters
             model = PeftModel.from_pretrained(model, first.path, adapter_name=first.key)
             for adapter in rest:
-                model.load_adapter(adapter.path, adapter_name=adapter.key)
+                model.load_adapter(str(adapter.path), adapter_name=adapter.key)
         self._model = model.eval()
         self._generation = GenerationConfig.from_model_config(model.config)
         self._pad = 0
@@ -80,7 +80,8 @@ class HfEngine:
             logits = self._model(
                 input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1
             ).logits[:, -1]
-            return torch.log_softmax(logits.float(), -1)[:, wanted].tolist()  # type: ignore[no-any-return]
+            scores: list[list[float]] = torch.log_softmax(logits.float(), -1)[:, wanted].tolist()
+            return scores
 
         return self._batched(prompts, 1, run)
 

@@ -159,7 +159,7 @@ class VllmEngine:
         chunks = grouped([prompts[i] for i in runnable], self._chunk_size)
 
         def run(indices: list[int]) -> list[Any]:
-            outputs = self._llm.generate(
+            outputs: list[Any] = self._llm.generate(
                 [TokensPrompt(prompt_token_ids=prompts[i].ids) for i in indices],
                 params,
                 lora_request=[self._lora(prompts[i].adapter) for i in indices],
