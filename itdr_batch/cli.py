@@ -195,6 +195,66 @@ def bench_prompts(
     console.print(f"written to {escape(str(json_path))}", highlight=False)
 
 
+@bench.command("engines")
+def bench_engines(
+    users: Annotated[
+        int, typer.Option(help="MovieLens users (one TKR and one RP prompt each).")
+    ] = 48,
+    data: Annotated[Path, typer.Option(help="MovieLens folder the prompts are built from.")] = Path(
+        "../shared/data/movielens-latest-small"
+    ),
+    tokenizer: Annotated[Path, typer.Option(help="Tokenizer folder for the tiny model.")] = Path(
+        "../shared/data/qwen2.5-tokenizer"
+    ),
+    engines: Annotated[list[str], typer.Option("--engine", help="vllm and/or hf.")] = [  # noqa: B006
+        "vllm",
+        "hf",
+    ],
+    workdir: Annotated[Path, typer.Option(help="Where the tiny model is built (cached).")] = Path(
+        "benchmarks/results/tiny"
+    ),
+    json_path: Annotated[Path, typer.Option("--json", help="Where the figures go.")] = Path(
+        "benchmarks/results/engines.json"
+    ),
+) -> None:
+    """Engines x scoring modes on the tiny model: prompts/s, prompt tokens/s, agreement."""
+    from itdr_batch.bench import engines as bench_module
+
+    if unknown := sorted(set(engines) - {"vllm", "hf"}):
+        _fail(ValueError(f"--engine must be vllm or hf, not {', '.join(unknown)}"))
+    if not tokenizer.is_dir():
+        _fail(FileNotFoundError(f"tokenizer folder {tokenizer} not found"))
+    source = data if data.is_dir() else SAMPLE
+    figures = bench_module.run(users, source, tokenizer, workdir, engines)
+    bench_module.write(figures, json_path)
+    table = RichTable(
+        title=f"{figures['users']} users, mean prompt {figures['mean_prompt_tokens']:.0f} tokens"
+    )
+    for column in ("engine", "mode", "prompts/s", "tokens/s", "base prompts/s"):
+        table.add_column(column, justify="left" if column in ("engine", "mode") else "right")
+    for name, modes in figures["engines"].items():
+        for mode in ("prefill", "likelihood", "label", "generate"):
+            values = modes[mode]
+            table.add_row(
+                name,
+                mode,
+                f"{values['prompts_per_s']:,.1f}",
+                f"{values['tokens_per_s']:,.0f}",
+                f"{values['base']['prompts_per_s']:,.1f}",
+            )
+    console.print(table)
+    for name, modes in figures["engines"].items():
+        console.print(
+            f"{name}: likelihood costs {modes['likelihood_over_prefill']:.2f}x one prefill "
+            f"(goal <= {figures['likelihood_over_prefill_goal']})",
+            highlight=False,
+        )
+    diff = figures["agreement"]["max_abs_logprob_diff"]
+    if diff is not None:
+        console.print(f"vLLM vs transformers: max |logprob diff| {diff:.2e} (float32)")
+    console.print(f"written to {escape(str(json_path))}", highlight=False)
+
+
 def _ingest(read: Callable[[], Ingested], out: Path) -> None:
     try:
         summary = write_canonical(read(), out)

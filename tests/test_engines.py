@@ -4,12 +4,16 @@ Both run in float32 and score the same token ids; they agree to within AGREEMENT
 mean log-probabilities; ~1e-5 is typical here).
 """
 
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
+from typer.testing import CliRunner
 
+from itdr_batch.cli import app
 from itdr_batch.datasets import SAMPLE, read_movielens
 from itdr_batch.engines import Engine, Failure, Prompt, open_engine
 from itdr_batch.engines.vllm import VllmEngine
@@ -225,3 +229,21 @@ def test_modes_a_task_cannot_use_are_refused() -> None:
         ScoringConfig(Task.TKR, Mode.LABEL)
     with pytest.raises(ValueError, match="task uap cannot be scored in mode likelihood"):
         ScoringConfig(Task.UAP, Mode.LIKELIHOOD)
+
+
+def test_bench_engines_writes_its_figures(shared_data: Path, tmp_path: Path) -> None:
+    """A smoke run of the benchmark (transformers only, 4 users): figures, not timings, checked."""
+    out = tmp_path / "engines.json"
+    args = ["bench", "engines", "--users", "4", "--engine", "hf", "--json", str(out)]
+    args += ["--tokenizer", str(shared_data / "qwen2.5-tokenizer"), "--workdir", str(tmp_path)]
+    args += ["--data", str(SAMPLE)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    figures = json.loads(out.read_text())
+    for mode in ("prefill", "likelihood", "label", "generate"):
+        assert figures["engines"]["hf"][mode]["prompts_per_s"] > 0
+        assert figures["engines"]["hf"][mode]["tokens_per_s"] > 0
+        assert figures["engines"]["hf"][mode]["base"]["prompts_per_s"] > 0
+    assert figures["users"] == 4
+    assert figures["agreement"]["max_abs_logprob_diff"] is None
+    assert "likelihood costs" in result.output

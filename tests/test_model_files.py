@@ -62,14 +62,14 @@ def test_remote_code_needs_trust(tiny: Tiny, tmp_path: Path) -> None:
 
 
 def test_bad_adapter_folders_name_the_problem(tiny: Tiny, tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match="adapter 'x'.*no adapter_config.json"):
+    with pytest.raises(ModelError, match=r"adapter 'x'.*no adapter_config\.json"):
         load_adapter(AdapterSpec(name="x", path=tmp_path), False)
     folder = copy(tiny.adapters[0].path, tmp_path / "prefix")
     config = json.loads((folder / "adapter_config.json").read_text())
     (folder / "adapter_config.json").write_text(json.dumps(config | {"peft_type": "PREFIX_TUNING"}))
     with pytest.raises(ModelError, match="peft_type is 'PREFIX_TUNING', only LORA"):
         load_adapter(AdapterSpec(name="x", path=folder), False)
-    with pytest.raises(ModelError, match="no config.json"):
+    with pytest.raises(ModelError, match=r"no config\.json"):
         check_model(tmp_path, allow_pickle=False, trust_remote_code=False)
 
 

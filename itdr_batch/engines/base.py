@@ -52,6 +52,10 @@ class Engine(Protocol):
         """Per prompt, per continuation, the log-probability of each of its tokens."""
         ...
 
+    def forget(self) -> None:
+        """Drops cached prompt prefixes, so that a benchmark starts cold."""
+        ...
+
     def close(self) -> None: ...
 
 

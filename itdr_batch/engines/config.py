@@ -34,6 +34,9 @@ class EngineConfig(BaseModel):
     kv_cache_gib: int | None = Field(default=None, ge=1)
     tensor_parallel_size: int = Field(default=1, ge=1)
     enforce_eager: bool = False
+    # vLLM KV block size (tokens): the prefix cache shares whole blocks, so smaller blocks leave
+    # fewer prompt tokens to recompute per candidate. None: vLLM's default (128 on the CPU).
+    block_size: int | None = Field(default=None, ge=1)
     # Run vLLM's engine core in this process. None: in-process on the CPU (saves two interpreter
     # start-ups, ~50 s here), a separate process on GPUs (overlaps scheduling with compute).
     inline_engine: bool | None = None

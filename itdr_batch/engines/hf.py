@@ -97,6 +97,9 @@ class HfEngine:
 
         return self._batched(prompts, longest + 1, run)
 
+    def forget(self) -> None:
+        """Nothing outlives a call here."""
+
     def close(self) -> None:
         del self._model
 

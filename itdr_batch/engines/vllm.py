@@ -43,6 +43,8 @@ class VllmEngine:
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
             threads = torch.get_num_threads()
         options: dict[str, Any] = {}
+        if config.block_size is not None:
+            options["block_size"] = config.block_size
         if adapters:
             max_rank = max(a.rank for a in adapters)
             options |= {
@@ -135,6 +137,9 @@ class VllmEngine:
             failed = next((r for r in mine if isinstance(r, Failure)), None)
             out.append(failed if failed else [r for r in mine if isinstance(r, list)])
         return out
+
+    def forget(self) -> None:
+        self._llm.reset_prefix_cache()
 
     def close(self) -> None:
         del self._llm
