@@ -25,23 +25,16 @@ LOGITS_BUDGET = 64 * 1024 * 1024
 class HfEngine:
     name = "hf"
 
-    def __init__(self, config: EngineConfig, adapters: Sequence[Adapter]) -> None:
-        from transformers import AutoModelForCausalLM, GenerationConfig
+    def __init__(
+        self, config: EngineConfig, adapters: Sequence[Adapter], model: Any | None = None
+    ) -> None:
+        """Loads ``config.model`` and the adapters, unless ``model`` (with them) is given."""
+        from transformers import GenerationConfig
 
-        model: Any = AutoModelForCausalLM.from_pretrained(
-            config.model,
-            dtype=DTYPES.get(config.dtype, "auto"),
-            use_safetensors=None if config.allow_pickle else True,
-            trust_remote_code=config.trust_remote_code,
-        )
-        if adapters:
-            from peft import PeftModel
-
-            first, *rest = adapters
-            model = PeftModel.from_pretrained(model, first.path, adapter_name=first.key)
-            for adapter in rest:
-                model.load_adapter(str(adapter.path), adapter_name=adapter.key)
+        if model is None:
+            model = _load(config, adapters)
         self._model = model.eval()
+        self._device = next(model.parameters()).device
         self._generation = GenerationConfig.from_model_config(model.config)
         self._pad = 0
         self.max_model_len = config.max_model_len
@@ -73,7 +66,7 @@ class HfEngine:
     def next_token_logprobs(
         self, prompts: Sequence[Prompt], token_ids: Sequence[int]
     ) -> list[list[float] | Failure]:
-        wanted = torch.tensor(list(token_ids))
+        wanted = torch.tensor(list(token_ids), device=self._device)
 
         def run(batch: list[int]) -> list[list[float]]:
             ids, mask, positions = self._left_padded([prompts[i] for i in batch])
@@ -122,26 +115,28 @@ class HfEngine:
         per_pass = max(1, LOGITS_BUDGET // (max(width, 1) * first.shape[-1]))
         for start in range(0, len(rows), per_pass):
             part = rows[start : start + per_pass]
-            users = torch.tensor([u for u, _ in part])
+            users = torch.tensor([u for u, _ in part], device=self._device)
             tokens = torch.full((len(part), width), self._pad)
             cont_mask = torch.zeros((len(part), width), dtype=mask.dtype)
             for r, (_, answer) in enumerate(part):
                 tokens[r, : len(answer)] = torch.tensor(answer)
                 cont_mask[r, : len(answer)] = 1
+            tokens, cont_mask = self._on_device(tokens, cont_mask)
             shared = copy.deepcopy(cache)
             shared.batch_select_indices(users)
             lengths = mask[users].sum(-1, keepdim=True)
             logits = self._model(
                 input_ids=tokens,
                 attention_mask=torch.cat([mask[users], cont_mask], -1),
-                position_ids=lengths + torch.arange(width),
+                position_ids=lengths + torch.arange(width, device=self._device),
                 past_key_values=shared,
             ).logits
             logprobs = torch.log_softmax(logits.float(), -1)
-            for r, (u, answer) in enumerate(part):
-                values = [first[u, answer[0]].item()] if answer else []
-                values += [logprobs[r, j - 1, answer[j]].item() for j in range(1, len(answer))]
-                scores.append(values)
+            # Token j of an answer is predicted at position j - 1; token 0 by the prompt's end.
+            heads = first[users, tokens[:, 0]].tolist()
+            rest = logprobs[:, :-1].gather(-1, tokens[:, 1:, None]).squeeze(-1).tolist()
+            for r, (_, answer) in enumerate(part):
+                scores.append([heads[r], *rest[r][: len(answer) - 1]] if answer else [])
         grouped: list[list[list[float]]] = []
         pos = 0
         for user_answers in answers:
@@ -157,6 +152,7 @@ class HfEngine:
             ids[r, width - len(p.ids) :] = torch.tensor(p.ids)
             mask[r, width - len(p.ids) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, positions = self._on_device(ids, mask, positions)
         return ids, mask, positions
 
     def _batched(
@@ -186,6 +182,9 @@ class HfEngine:
         if batch:
             yield batch
 
+    def _on_device(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        return [t.to(self._device) for t in tensors]
+
     def _adapter(self, name: str | None) -> AbstractContextManager[Any]:
         if not self.adapters:
             return nullcontext()
@@ -193,3 +192,23 @@ class HfEngine:
             return self._model.disable_adapter()  # type: ignore[no-any-return]
         self._model.set_adapter(self.adapters[name].key)
         return nullcontext()
+
+
+def _load(config: EngineConfig, adapters: Sequence[Adapter]) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        config.model,
+        dtype=DTYPES.get(config.dtype, "auto"),
+        use_safetensors=None if config.allow_pickle else True,
+        trust_remote_code=config.trust_remote_code,
+        device_map="cuda" if torch.cuda.is_available() else None,
+    )
+    if adapters:
+        from peft import PeftModel
+
+        first, *rest = adapters
+        model = PeftModel.from_pretrained(model, first.path, adapter_name=first.key)
+        for adapter in rest:
+            model.load_adapter(str(adapter.path), adapter_name=adapter.key)
+    return model
