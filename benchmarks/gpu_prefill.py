@@ -23,7 +23,7 @@ from itdr_batch.engines.base import Prompt
 from itdr_batch.engines.hf import HfEngine
 
 # Qwen2.5-7B's config.json (Qwen/Qwen2.5-7B), as published.
-QWEN25_7B = {
+QWEN25_7B: dict[str, Any] = {
     "vocab_size": 152064,
     "hidden_size": 3584,
     "intermediate_size": 18944,
@@ -55,8 +55,9 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     config = Qwen2Config(**QWEN25_7B | {"num_hidden_layers": args.layers})
     torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)
     with torch.device(device):
-        model: Any = Qwen2ForCausalLM(config).to(torch.bfloat16)  # type: ignore[no-untyped-call]
+        model: Any = Qwen2ForCausalLM(config)  # type: ignore[no-untyped-call]
     settings = EngineConfig(
         engine="hf",
         model=Path("random-qwen2.5-7b"),
