@@ -28,7 +28,6 @@ class VllmEngine:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         if config.kv_cache_gib is not None:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(config.kv_cache_gib)
-        import torch
         import vllm
         from vllm.lora.request import LoRARequest
         from vllm.platforms import current_platform
@@ -37,11 +36,10 @@ class VllmEngine:
         if inline is None:
             inline = current_platform.is_cpu()
         if inline:
-            # One process does everything, so no core is reserved or pinned, and torch keeps its
-            # threads (vLLM drops them to 1 in the engine core, meant for a separate process).
+            # One process does everything, so no core is reserved for an engine process and
+            # the process's threads are not pinned to the remaining ones.
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-            threads = torch.get_num_threads()
         options: dict[str, Any] = {}
         if config.block_size is not None:
             options["block_size"] = config.block_size
@@ -65,8 +63,6 @@ class VllmEngine:
             distributed_executor_backend="uni" if inline else None,
             **options,
         )
-        if inline:
-            torch.set_num_threads(threads)
         self.max_model_len = config.max_model_len
         self.adapters = {a.name: a for a in adapters}
         self._loras = {
