@@ -51,6 +51,13 @@ def real_rows(
     return rows_from_prompts(build_prompts(users, interactions, items, config), items, adapter)
 
 
+@pytest.fixture(params=["vllm", "hf"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """Each engine in turn (the session's shared instances)."""
+    engine: Engine = request.getfixturevalue(f"{request.param}_engine")
+    return engine
+
+
 def scored(engine: Engine, tokenizer: Any, rows: list[Row], task: Task, mode: Mode) -> Any:
     return Scorer(engine, tokenizer, ScoringConfig(task, mode)).score(rows)
 
@@ -106,14 +113,11 @@ def test_vllm_likelihood_reads_each_prompt_from_the_prefix_cache(
     assert vllm_engine.cached_tokens - before >= blocks * 5
 
 
-@pytest.mark.parametrize("engine_name", ["vllm", "hf"])
 def test_an_adapter_changes_scores_and_mixed_batches_match_separate_runs(
-    request: pytest.FixtureRequest,
+    engine: Engine,
     tokenizer: Any,
     sample: tuple[pl.DataFrame, pl.DataFrame],
-    engine_name: str,
 ) -> None:
-    engine: Engine = request.getfixturevalue(f"{engine_name}_engine")
     per_adapter = {a: real_rows(sample, Task.TKR, a) for a in (None, "a1", "a2")}
     alone = {
         a: scored(engine, tokenizer, rows, Task.TKR, Mode.LIKELIHOOD)
@@ -130,16 +134,13 @@ def test_an_adapter_changes_scores_and_mixed_batches_match_separate_runs(
         assert max(abs(p - q) for p, q in zip(base.scores, tuned.scores, strict=True)) > 0.05
 
 
-@pytest.mark.parametrize("engine_name", ["vllm", "hf"])
 @pytest.mark.parametrize("mode", [Mode.LABEL, Mode.LIKELIHOOD])
 def test_rp_expected_ratings_lie_in_the_scale(
-    request: pytest.FixtureRequest,
+    engine: Engine,
     tokenizer: Any,
     sample: tuple[pl.DataFrame, pl.DataFrame],
-    engine_name: str,
     mode: Mode,
 ) -> None:
-    engine: Engine = request.getfixturevalue(f"{engine_name}_engine")
     results = scored(engine, tokenizer, real_rows(sample, Task.RP, "a1"), Task.RP, mode)
     for r in results:
         assert r.status == "ok"
@@ -150,16 +151,13 @@ def test_rp_expected_ratings_lie_in_the_scale(
         assert r.rating_argmax == 1.0 + max(range(5), key=r.probs.__getitem__)
 
 
-@pytest.mark.parametrize("engine_name", ["vllm", "hf"])
 @pytest.mark.parametrize("task", [Task.TKR, Task.NIR])
 def test_generate_always_ranks_every_presented_candidate(
-    request: pytest.FixtureRequest,
+    engine: Engine,
     tokenizer: Any,
     sample: tuple[pl.DataFrame, pl.DataFrame],
-    engine_name: str,
     task: Task,
 ) -> None:
-    engine: Engine = request.getfixturevalue(f"{engine_name}_engine")
     rows = real_rows(sample, task, "a1")
     config = ScoringConfig(task, Mode.GENERATE, max_new_tokens=24)
     results = Scorer(engine, tokenizer, config).score(rows)
@@ -182,14 +180,11 @@ def test_engines_generate_the_same_greedy_tokens(
     assert vllm_engine.generate(prompts, 12) == hf_engine.generate(prompts, 12)
 
 
-@pytest.mark.parametrize("engine_name", ["vllm", "hf"])
 def test_a_failing_request_fails_alone(
-    request: pytest.FixtureRequest,
+    engine: Engine,
     tokenizer: Any,
     sample: tuple[pl.DataFrame, pl.DataFrame],
-    engine_name: str,
 ) -> None:
-    engine: Engine = request.getfixturevalue(f"{engine_name}_engine")
     rows = real_rows(sample, Task.TKR, "a1")
     too_long = Row("movie " * 1100, rows[0].candidates, "a1")
     results = scored(engine, tokenizer, [rows[0], too_long, rows[1]], Task.TKR, Mode.LIKELIHOOD)
