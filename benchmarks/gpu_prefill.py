@@ -59,7 +59,7 @@ def main() -> None:
     with torch.device(device):
         model: Any = Qwen2ForCausalLM(config)  # type: ignore[no-untyped-call]
     settings = EngineConfig(
-        engine="hf",
+        kind="hf",
         model=Path("random-qwen2.5-7b"),
         dtype="bfloat16",
         max_model_len=args.prompt_tokens + 1,

@@ -4,7 +4,9 @@ A format wraps the user turn (``<Task Description>\\n<Input>``) in the model's c
 the point where the assistant's answer starts, so the model continues with the answer.
 """
 
+import re
 from dataclasses import dataclass
+from typing import Any
 
 QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
@@ -50,3 +52,29 @@ def chat_format(name_or_format: str | ChatFormat) -> ChatFormat:
     except KeyError:
         known = ", ".join(CHAT_FORMATS)
         raise ValueError(f"unknown chat format {name_or_format!r}; known: {known}") from None
+
+
+# Chat markup the formats use; each must be one special token of the model's tokenizer.
+MARKERS = re.compile(r"<\|[^|<>\s]+\|>|\[gMASK\]|<sop>")
+
+
+def check_tokenizer(fmt: ChatFormat, tokenizer: Any, model: str) -> None:
+    """Fails unless every marker of ``fmt`` is a single token for ``tokenizer``.
+
+    A model never trained with a format splits its markers into ordinary pieces and scores
+    garbage without any error, so this is checked before anything runs.
+    """
+    for marker in _foreign_markers(fmt, tokenizer):
+        fits = [
+            name for name, known in CHAT_FORMATS.items() if not _foreign_markers(known, tokenizer)
+        ]
+        raise ValueError(
+            f"model.chat: {marker!r} is not a token of {model}'s tokenizer, so the model was "
+            f"not trained with this chat format; formats that fit it: {', '.join(fits)}"
+        )
+
+
+def _foreign_markers(fmt: ChatFormat, tokenizer: Any) -> list[str]:
+    before, after = fmt.split()
+    markers = dict.fromkeys(MARKERS.findall(before + after))
+    return [m for m in markers if len(tokenizer(m, add_special_tokens=False)["input_ids"]) != 1]

@@ -12,6 +12,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table as RichTable
 
+from itdr_batch.config import load_config, parse_override
 from itdr_batch.datasets import (
     SAMPLE,
     Ingested,
@@ -22,9 +23,18 @@ from itdr_batch.datasets import (
     read_recbole,
     write_canonical,
 )
+from itdr_batch.job import EngineCrashed, JobResult, run_job
+from itdr_batch.progress import LogReporter, Reporter, RichReporter
 from itdr_batch.prompts import PromptConfig, build_prompts
+from itdr_batch.scoring import Mode
 from itdr_batch.tables import TableError, load_interactions, load_items, load_users
 from itdr_batch.tasks import DOMAINS, Task
+
+
+class Engine(StrEnum):
+    auto = "auto"
+    vllm = "vllm"
+    hf = "hf"
 
 
 class Strategy(StrEnum):
@@ -253,6 +263,102 @@ def bench_engines(
     if diff is not None:
         console.print(f"vLLM vs transformers: max |logprob diff| {diff:.2e} (float32)")
     console.print(f"written to {escape(str(json_path))}", highlight=False)
+
+
+@app.command()
+def score(
+    users: Annotated[Path, typer.Option(help="Users shard (Parquet; TUI: a shard of item_id).")],
+    config: Annotated[Path | None, typer.Option(help="Job configuration (TOML).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder [output.dir].")] = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="Write the prompts and candidates instead of scores.")
+    ] = False,
+    task: Annotated[list[Task] | None, typer.Option(help="Task(s) [prompts.tasks].")] = None,
+    interactions: Annotated[Path | None, typer.Option(help="[data.interactions]")] = None,
+    items: Annotated[Path | None, typer.Option(help="[data.items]")] = None,
+    model: Annotated[Path | None, typer.Option(help="Model folder [model.path].")] = None,
+    adapter: Annotated[
+        list[str] | None, typer.Option(help="NAME=PATH, repeatable [adapters].")
+    ] = None,
+    engine: Annotated[Engine | None, typer.Option(help="[engine.kind]")] = None,
+    mode: Annotated[
+        Mode | None, typer.Option(help="Scoring mode of every task [scoring.mode].")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="[scoring.batch_size]")] = None,
+    evaluation: Annotated[
+        bool | None, typer.Option("--evaluation/--no-evaluation", help="[prompts.evaluation]")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="[seed]")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Any key: KEY=VALUE, VALUE in TOML (scoring.retries=3)."),
+    ] = None,
+) -> None:
+    """Score a users shard: one Parquet file per task, rejects, and a manifest (resumable)."""
+    flags: dict[str, object] = {
+        "prompts.tasks": task and [str(t) for t in task],
+        "data.interactions": interactions and str(interactions),
+        "data.items": items and str(items),
+        "model.path": model and str(model),
+        "adapters": adapter and [_adapter(a) for a in adapter],
+        "engine.kind": engine and engine.value,
+        "scoring.mode": mode and mode.value,
+        "scoring.batch_size": batch_size,
+        "prompts.evaluation": evaluation,
+        "seed": seed,
+    }
+    try:
+        overrides = {k: v for k, v in flags.items() if v is not None}
+        overrides |= dict(parse_override(pair) for pair in set_ or [])
+        job_config = load_config(config, overrides)
+        result = run_job(job_config, users, out, dry_run=dry_run, reporter=_reporter())
+    except EngineCrashed as exc:
+        errors.print(f"[bold red]engine failure:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from exc
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    print_run(result)
+
+
+def print_run(result: JobResult) -> None:
+    """Where a run's files are, what they hold, and how fast it went."""
+    manifest = result.manifest
+    if result.skipped:
+        console.print(f"run {manifest['run_id']} was already complete: nothing to do")
+    table = RichTable(title=f"run {manifest['run_id']} ({manifest['counts']['rows']:,} rows)")
+    for column in ("task", "adapter", "scored", "rejected", "reasons"):
+        table.add_column(column, justify="right" if column in ("scored", "rejected") else "left")
+    for task_name, adapters in manifest["counts"]["tasks"].items():
+        for name, counts in adapters.items():
+            reasons = ", ".join(f"{r} {n:,}" for r, n in counts["reasons"].items()) or "-"
+            table.add_row(
+                task_name, name, f"{counts['scored']:,}", f"{counts['rejected']:,}", reasons
+            )
+    console.print(table)
+    speed = manifest["throughput"]
+    if speed["prompts_per_s"]:
+        console.print(
+            f"{speed['prompts']:,} prompts, {speed['prompts_per_s']:,.1f} prompts/s, "
+            f"{speed['prompt_tokens_per_s']:,.0f} prompt tokens/s",
+            highlight=False,
+        )
+    files = ", ".join(manifest["files"].values())
+    console.print(
+        f"written to {escape(str(result.out))}/: {files}, _manifest.json", highlight=False
+    )
+
+
+def _reporter() -> Reporter:
+    if errors.is_terminal:
+        return RichReporter(errors)
+    return LogReporter(logging.getLogger("itdr_batch.job"))
+
+
+def _adapter(pair: str) -> dict[str, str]:
+    name, sep, path = pair.partition("=")
+    if not sep:
+        raise typer.BadParameter(f"expected NAME=PATH, got {pair!r}", param_hint="--adapter")
+    return {"name": name, "path": path}
 
 
 def _ingest(read: Callable[[], Ingested], out: Path) -> None:

@@ -92,15 +92,23 @@ def build_prompts(
     interactions: pl.LazyFrame | pl.DataFrame,
     items: pl.DataFrame,
     config: PromptConfig,
+    item_counts: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """One prompt per row of ``rows`` (a users shard; for TUI, a frame of ``item_id``s).
 
     Returns the row's id, ``prompt`` (null unless it could be built), ``candidates`` (item ids
     in presented order, ranking tasks), ``held_out_item_id``/``held_out_position``
     (evaluation), ``target_item_id`` (RP), ``unknown_candidates`` (provided candidates not in
-    the items) and ``status``.
+    the items) and ``status``. ``item_counts`` (``popularity_counts`` of the whole table) spares
+    the popularity strategy a pass over ``interactions`` when they hold only the rows' histories.
     """
-    return prepare(rows, interactions, items, config).render()
+    return prepare(rows, interactions, items, config, item_counts).render()
+
+
+def popularity_counts(interactions: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
+    """Interactions per item id (columns ``item_id``, ``count``): the popularity weights' base."""
+    counts = interactions.lazy().group_by("item_id").agg(count=pl.len())
+    return counts.collect(engine="streaming")
 
 
 @dataclass(frozen=True)
@@ -148,6 +156,7 @@ def prepare(
     interactions: pl.LazyFrame | pl.DataFrame,
     items: pl.DataFrame,
     config: PromptConfig,
+    item_counts: pl.DataFrame | None = None,
 ) -> Prepared:
     """Polars' half of the work: each row's lists, the compiled template, the sampler's pool."""
     task = Task(config.task)
@@ -165,7 +174,7 @@ def prepare(
         sources = [HELD_OUT if s == target else s for s in sources]
     sampling = None
     if task in RANKING_TASKS:
-        sampling = _sampling(task, frame, interactions.lazy(), indexed, config)
+        sampling = _sampling(task, frame, interactions, indexed, config, item_counts)
     key = "item_id" if task is Task.TUI else "user_id"
     core_args = {
         "user_ids": frame[key],
@@ -326,16 +335,17 @@ def _has_text() -> pl.Expr:
 def _sampling(
     task: Task,
     frame: pl.DataFrame,
-    interactions: pl.LazyFrame,
+    interactions: pl.LazyFrame | pl.DataFrame,
     items: pl.DataFrame,
     config: PromptConfig,
+    item_counts: pl.DataFrame | None,
 ) -> tuple[pl.Series, pl.Series | None, int, pl.Series | None]:
     pool = items
     if task is Task.CDR:
         pool = items.filter(pl.col("domain") == config.target_domain)
     weights = None
     if config.strategy == "popularity":
-        counts = interactions.group_by("item_id").agg(count=pl.len()).collect()
+        counts = popularity_counts(interactions) if item_counts is None else item_counts
         counted = pool.join(counts, on="item_id", how="left", maintain_order="left")
         weights = counted["count"].fill_null(0).cast(pl.Float64).pow(config.popularity_exponent)
     provided = frame["provided"] if "provided" in frame.columns else None

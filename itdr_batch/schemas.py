@@ -75,3 +75,10 @@ USERS = TableSchema(
     ),
     unique="user_id",
 )
+
+# TUI's shard: its rows are items, to describe their users.
+ITEM_SHARD = TableSchema(
+    "items shard",
+    (Column("item_id", Kind.ID, required=True),),
+    unique="item_id",
+)

@@ -92,6 +92,8 @@ class Scorer:
         self.mode = Mode(config.mode)
         self._ratings = [f"{r:g}" for r in config.rating_scale]
         self._label_ids: list[int] = []
+        # Prompt tokens sent to the engine, for throughput figures.
+        self.prompt_tokens = 0
         if self.mode is Mode.LABEL:
             for rating, ids in zip(self._ratings, self._encode(self._ratings), strict=True):
                 if len(ids) != 1:
@@ -109,6 +111,7 @@ class Scorer:
             Prompt(ids, row.adapter)
             for ids, row in zip(self._encode([r.prompt for r in rows]), rows, strict=True)
         ]
+        self.prompt_tokens += sum(len(p.ids) for p in prompts)
         if self.mode is Mode.GENERATE:
             return self._generate(rows, prompts)
         if self.mode is Mode.LABEL:

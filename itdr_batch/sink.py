@@ -1,17 +1,32 @@
 """Writing results so that readers never see a partial file."""
 
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
 
 
-def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
-    """Writes to a temporary file beside ``path``, syncs it, then renames it into place."""
+def write_parquet_atomic(frame: pl.DataFrame | pl.LazyFrame, path: Path) -> None:
+    """A frame, or a lazy one streamed (memory bounded by its batches, not its size)."""
+    if isinstance(frame, pl.LazyFrame):
+        write_atomic(path, frame.sink_parquet)
+    else:
+        write_atomic(path, frame.write_parquet)
+
+
+def write_json_atomic(value: object, path: Path) -> None:
+    text = json.dumps(value, indent=2, sort_keys=True) + "\n"
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, synced, then renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        frame.write_parquet(tmp)
+        write(tmp)
         with tmp.open("rb") as f:
             os.fsync(f.fileno())
         tmp.replace(path)

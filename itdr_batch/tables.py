@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from itdr_batch.schemas import INTERACTIONS, ITEMS, USERS, Column, Kind, TableSchema
+from itdr_batch.schemas import INTERACTIONS, ITEM_SHARD, ITEMS, USERS, Column, Kind, TableSchema
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def _failed_checks(
         return []
     counts = (
         checked.select(bad.sum().alias(str(i)) for i, (_, _, bad) in enumerate(checks))
-        .collect()
+        .collect(engine="streaming")
         .row(0)
     )
     problems = []
@@ -171,6 +171,14 @@ def load_users(path: str | Path, items: Table) -> Table:
     return Table(source, frame)
 
 
+def load_item_shard(path: str | Path, items: Table) -> Table:
+    """Loads a shard of items (TUI rows), whose ids must have the items' id type."""
+    source = str(path)
+    frame = scan(path, ITEM_SHARD)
+    _check_same_ids(frame, "item_id", items, source)
+    return Table(source, frame)
+
+
 def drop_unknown_items(
     interactions: pl.LazyFrame, items: Table, source: str
 ) -> tuple[pl.LazyFrame, int]:
@@ -178,7 +186,7 @@ def drop_unknown_items(
     _check_same_ids(interactions, "item_id", items, source)
     item_ids = items.frame.select("item_id")
     unknown = interactions.with_row_index(ROW).join(item_ids, on="item_id", how="anti")
-    count = unknown.select(pl.len()).collect().item()
+    count = unknown.select(pl.len()).collect(engine="streaming").item()
     if count:
         examples = unknown.select(ROW, "user_id", "item_id").head(MAX_EXAMPLES).collect()
         log.warning(

@@ -3,7 +3,13 @@
 import logging
 from typing import Any
 
-from itdr_batch.engines.adapters import Adapter, ModelError, check_model, load_adapter
+from itdr_batch.engines.adapters import (
+    Adapter,
+    ModelError,
+    check_fits,
+    check_model,
+    load_adapter,
+)
 from itdr_batch.engines.base import Engine, Failure, Prompt
 from itdr_batch.engines.config import AdapterSpec, EngineConfig
 
@@ -15,6 +21,7 @@ __all__ = [
     "Failure",
     "ModelError",
     "Prompt",
+    "load_model",
     "load_tokenizer",
     "open_engine",
 ]
@@ -22,10 +29,25 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def open_engine(config: EngineConfig) -> Engine:
-    """The configured engine; ``auto`` tries vLLM and falls back to transformers, saying why."""
+def load_model(config: EngineConfig) -> list[Adapter]:
+    """Checks the model folder and the adapters (safe formats, shapes that fit); their identities.
+
+    Cheap (no weights are loaded), so a job runs it before writing anything.
+    """
     check_model(config.model, config.allow_pickle, config.trust_remote_code)
     adapters = [load_adapter(spec, config.allow_pickle) for spec in config.adapters]
+    for adapter in adapters:
+        check_fits(adapter, config.model)
+    return adapters
+
+
+def open_engine(config: EngineConfig, adapters: list[Adapter] | None = None) -> Engine:
+    """The configured engine; ``auto`` tries vLLM and falls back to transformers, saying why.
+
+    ``adapters``: what ``load_model(config)`` returned, when the caller already ran it.
+    """
+    if adapters is None:
+        adapters = load_model(config)
     if config.engine == "hf":
         return _hf(config, adapters)
     if config.engine == "vllm":

@@ -6,8 +6,10 @@ name never reuses a stale prefix cache entry or a stale result.
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from itdr_batch.engines.config import AdapterSpec
 
@@ -86,3 +88,66 @@ def load_adapter(spec: AdapterSpec, allow_pickle: bool) -> Adapter:
     return Adapter(
         spec.name, spec.path, rank, digest.hexdigest(), config.get("base_model_name_or_path")
     )
+
+
+# A LoRA weight of a decoder layer's linear module, as PEFT names it.
+LORA_WEIGHT = re.compile(r"layers\.(\d+)\..*?\b(\w+_proj)\.lora_([AB])\.weight$")
+
+
+def check_fits(adapter: Adapter, model: Path) -> None:
+    """Fails when the adapter's LoRA shapes do not match the model's layers.
+
+    An adapter trained for another base model either crashes the engine mid-run or, worse, loads
+    into a model of the same shape family and scores nonsense; its shapes tell before any output.
+    Modules this check does not know (other architectures' names) are left to the engine.
+    """
+    weights = adapter.path / ADAPTER_WEIGHTS[0]
+    if not weights.is_file():
+        return  # a pickled adapter (allow_pickle): not opened before the engine loads it
+    from safetensors import safe_open
+
+    config = json.loads((model / "config.json").read_text())
+    dims = _linear_dims(config)
+    layers = config.get("num_hidden_layers")
+    with safe_open(str(weights), framework="numpy") as f:
+        for name in f.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+            match = LORA_WEIGHT.search(name)
+            if not match or match[2] not in dims:
+                continue
+            layer, module, side = int(match[1]), match[2], match[3]
+            rows, cols = f.get_slice(name).get_shape()
+            want_in, want_out = dims[module]
+            got = cols if side == "A" else rows
+            want = want_in if side == "A" else want_out
+            problem = None
+            if layers is not None and layer >= layers:
+                problem = f"has layer {layer} but the model has {layers} layers"
+            elif got != want:
+                io = "input" if side == "A" else "output"
+                problem = f"expects {module} {io} size {got}, the model's is {want}"
+            if problem:
+                raise ModelError(
+                    f"adapter {adapter.name!r} ({adapter.path}) does not fit model {model}: it "
+                    f"{problem} (trained for {adapter.base_model or 'another base model'!r})"
+                )
+
+
+def _linear_dims(config: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """(input, output) sizes of a LLaMA/Qwen-style decoder layer's linear modules."""
+    try:
+        hidden = int(config["hidden_size"])
+        heads = int(config["num_attention_heads"])
+        inter = int(config["intermediate_size"])
+    except (KeyError, TypeError, ValueError):
+        return {}
+    kv = int(config.get("num_key_value_heads") or heads)
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    return {
+        "q_proj": (hidden, heads * head_dim),
+        "k_proj": (hidden, kv * head_dim),
+        "v_proj": (hidden, kv * head_dim),
+        "o_proj": (heads * head_dim, hidden),
+        "gate_proj": (hidden, inter),
+        "up_proj": (hidden, inter),
+        "down_proj": (inter, hidden),
+    }

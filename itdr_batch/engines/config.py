@@ -18,15 +18,16 @@ class AdapterSpec(BaseModel):
     path: Path
 
 
-class EngineConfig(BaseModel):
-    """How to run the model. Defaults suit one GPU; the CPU needs a small KV cache (DESIGN §7)."""
+class EngineOptions(BaseModel):
+    """How to run a model, whatever the model: the job configuration's ``[engine]`` table.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Defaults suit one GPU; the CPU needs a small KV cache (DESIGN §7).
+    """
 
-    engine: EngineKind = "auto"
-    model: Path
-    adapters: tuple[AdapterSpec, ...] = ()
-    dtype: DType = "auto"
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True)
+
+    # Spelled `kind` in a job's TOML (`[engine] kind = "vllm"`).
+    engine: EngineKind = Field(default="auto", alias="kind")
     max_model_len: int = Field(default=4096, ge=16)
     # vLLM on a GPU: the fraction of GPU memory it may take. On the CPU this fraction is of RAM,
     # so set `kv_cache_gib` there instead.
@@ -44,6 +45,14 @@ class EngineConfig(BaseModel):
     chunk_size: int = Field(default=512, ge=1)
     # transformers: the most (padded) tokens in one forward pass.
     batch_tokens: int = Field(default=16384, ge=16)
+
+
+class EngineConfig(EngineOptions):
+    """The options plus the model, its adapters and what loading them may do."""
+
+    model: Path
+    adapters: tuple[AdapterSpec, ...] = ()
+    dtype: DType = "auto"
     seed: int = 0
     allow_pickle: bool = False
     trust_remote_code: bool = False

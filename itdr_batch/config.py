@@ -1,0 +1,278 @@
+"""A scoring job's configuration: one TOML file, validated by pydantic, every key overridable.
+
+Errors name the key (``scoring.mode``) and what is allowed. Relative paths in the file are read
+relative to the file's folder, so a job folder can be moved as a whole; paths given on the command
+line are relative to the working directory.
+"""
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from itdr_batch.chat import CHAT_FORMATS, ChatFormat
+from itdr_batch.engines.config import AdapterSpec, DType, EngineConfig, EngineOptions
+from itdr_batch.prompts import PromptConfig
+from itdr_batch.scoring import MODES, Mode, ScoringConfig
+from itdr_batch.tasks import DOMAINS, RANKING_TASKS, Task
+
+# Each task's mode when the configuration names none: the cheapest mode that scores every
+# candidate (generate for the text tasks, which have nothing else).
+DEFAULT_MODES = {
+    Task.TKR: Mode.LIKELIHOOD,
+    Task.CDR: Mode.LIKELIHOOD,
+    Task.NIR: Mode.LIKELIHOOD,
+    Task.RP: Mode.LABEL,
+    Task.UAP: Mode.GENERATE,
+    Task.IR: Mode.GENERATE,
+    Task.TUI: Mode.GENERATE,
+}
+# Keys holding paths: relative ones in a TOML file are relative to that file's folder.
+PATH_KEYS = (("data", "interactions"), ("data", "items"), ("model", "path"), ("output", "dir"))
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key and what is allowed."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    interactions: Path
+    items: Path
+
+
+class PromptsConfig(Section):
+    tasks: tuple[Task, ...] = Field(default=(Task.TKR,), min_length=1)
+    domain: str = "movie"
+    history_len: int = Field(default=10, ge=1)
+    candidates: int = Field(default=10, ge=1)
+    strategy: Literal["uniform", "popularity"] = "uniform"
+    popularity_exponent: float = Field(default=1.0, ge=0)
+    # Leave-last-out: hold each user's last interaction out and score it among the candidates.
+    evaluation: bool = False
+    item_fields: dict[str, str] = Field(default_factory=dict)
+    source_domain: str | None = None
+    target_domain: str | None = None
+
+    @field_validator("tasks")
+    @classmethod
+    def _distinct(cls, tasks: tuple[Task, ...]) -> tuple[Task, ...]:
+        if len(set(tasks)) != len(tasks):
+            raise ValueError("tasks must not repeat")
+        if Task.TUI in tasks and len(tasks) > 1:
+            raise ValueError(
+                "tui scores items (a shard of item_id), so it runs in a job of its own"
+            )
+        return tasks
+
+    @field_validator("domain")
+    @classmethod
+    def _known_domain(cls, domain: str) -> str:
+        if domain not in DOMAINS:
+            raise ValueError(f"unknown domain {domain!r}; known: {', '.join(DOMAINS)}")
+        return domain
+
+
+class ModelConfig(Section):
+    path: Path
+    # A named chat format (qwen, glm4, llama3, raw) or a template holding {content}.
+    chat: str = "qwen"
+    # Replaces the format's default system prompt ({system}).
+    system: str | None = None
+    dtype: DType = "auto"
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+
+    @field_validator("chat")
+    @classmethod
+    def _known_chat(cls, chat: str) -> str:
+        if chat not in CHAT_FORMATS and "{content}" not in chat:
+            known = ", ".join(CHAT_FORMATS)
+            raise ValueError(
+                f"unknown chat format {chat!r}; use {known} or a template with {{content}}"
+            )
+        return chat
+
+    def chat_format(self) -> ChatFormat:
+        base = CHAT_FORMATS.get(self.chat) or ChatFormat(self.chat)
+        return base if self.system is None else ChatFormat(base.template, self.system)
+
+
+class ScoringSection(Section):
+    # One mode for every task, or per task in `modes`; unset: DEFAULT_MODES.
+    mode: Mode | None = None
+    modes: dict[Task, Mode] = Field(default_factory=dict)
+    # Users per batch: sets peak memory and the unit of resumption.
+    batch_size: int = Field(default=256, ge=1)
+    rating_scale: tuple[float, ...] = Field(default=(1.0, 2.0, 3.0, 4.0, 5.0), min_length=1)
+    max_new_tokens: int | None = Field(default=None, ge=1)
+    # How many times requests that failed in the engine are sent again before being rejected.
+    retries: int = Field(default=2, ge=0)
+
+
+class OutputConfig(Section):
+    dir: Path = Path("out/run")
+
+
+class JobConfig(Section):
+    """A whole job: ``itdr-batch score --config job.toml`` (see README, "The score job")."""
+
+    data: DataConfig
+    model: ModelConfig
+    prompts: PromptsConfig = PromptsConfig()
+    adapters: tuple[AdapterSpec, ...] = ()
+    engine: EngineOptions = EngineOptions()
+    scoring: ScoringSection = ScoringSection()
+    output: OutputConfig = OutputConfig()
+    # Candidate sampling and the engine's seed.
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _modes_fit_tasks(self) -> "JobConfig":
+        for task in self.prompts.tasks:
+            mode = self.mode(task)
+            if mode not in MODES[task]:
+                allowed = ", ".join(sorted(MODES[task]))
+                key = "scoring.modes." + task if task in self.scoring.modes else "scoring.mode"
+                raise ValueError(
+                    f"{key}: task {task} cannot be scored in mode {mode}; use {allowed}"
+                )
+        if Task.CDR in self.prompts.tasks and not (
+            self.prompts.source_domain and self.prompts.target_domain
+        ):
+            raise ValueError("task cdr needs prompts.source_domain and prompts.target_domain")
+        return self
+
+    @field_validator("adapters")
+    @classmethod
+    def _unique_names(cls, adapters: tuple[AdapterSpec, ...]) -> tuple[AdapterSpec, ...]:
+        names = [a.name for a in adapters]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"adapter names must be unique; repeated: {', '.join(dupes)}")
+        return adapters
+
+    def mode(self, task: Task) -> Mode:
+        return self.scoring.modes.get(task) or self.scoring.mode or DEFAULT_MODES[task]
+
+    def key(self) -> str:
+        """The shard's id column: item_id for TUI (its rows are items), else user_id."""
+        return "item_id" if self.prompts.tasks == (Task.TUI,) else "user_id"
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(
+            **self.engine.model_dump(),
+            model=self.model.path,
+            adapters=self.adapters,
+            dtype=self.model.dtype,
+            seed=self.seed,
+            allow_pickle=self.model.allow_pickle,
+            trust_remote_code=self.model.trust_remote_code,
+        )
+
+    def prompt_config(self, task: Task) -> PromptConfig:
+        p = self.prompts
+        return PromptConfig(
+            task=task,
+            domain=p.domain,
+            chat=self.model.chat_format(),
+            history_len=p.history_len,
+            candidates=p.candidates,
+            strategy=p.strategy,
+            popularity_exponent=p.popularity_exponent,
+            evaluation=p.evaluation and task in (RANKING_TASKS | {Task.RP}),
+            seed=self.seed,
+            item_fields=p.item_fields,
+            source_domain=p.source_domain,
+            target_domain=p.target_domain,
+        )
+
+    def scoring_config(self, task: Task) -> ScoringConfig:
+        return ScoringConfig(
+            task, self.mode(task), self.scoring.rating_scale, self.scoring.max_new_tokens
+        )
+
+    def digest(self) -> str:
+        """A hash of everything that shapes the results (not where they are written)."""
+        settings = self.model_dump(mode="json", exclude={"output"})
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> JobConfig:
+    """The TOML file (if any) with ``overrides`` (dotted keys, e.g. ``scoring.batch_size``)."""
+    data: dict[str, Any] = {}
+    source = str(path) if path else "job configuration"
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such configuration file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        _resolve_paths(data, path.parent)
+    for key, value in (overrides or {}).items():
+        _set(data, key, value, source)
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+
+
+def parse_override(pair: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as a TOML value (``64``, ``true``, ``["tkr", "rp"]``), else
+    as a plain string."""
+    key, sep, text = pair.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"expected KEY=VALUE, got {pair!r}")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return key.strip(), value
+
+
+def _resolve_paths(data: dict[str, Any], folder: Path) -> None:
+    def resolved(value: Any) -> Any:
+        return str(folder / value) if isinstance(value, str) else value
+
+    for section, key in PATH_KEYS:
+        table = data.get(section)
+        if isinstance(table, dict) and key in table:
+            table[key] = resolved(table[key])
+    adapters = data.get("adapters")
+    if isinstance(adapters, list):
+        for adapter in adapters:
+            if isinstance(adapter, dict) and "path" in adapter:
+                adapter["path"] = resolved(adapter["path"])
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    *parents, last = dotted.split(".")
+    table = data
+    for i, part in enumerate(parents):
+        table = table.setdefault(part, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: {'.'.join(parents[: i + 1])} is not a table")
+    table[last] = value
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "missing":
+            message = "required key missing"
+        given = error.get("input")
+        hide = error["type"] in ("missing", "extra_forbidden") or isinstance(given, dict)
+        if key:
+            message = f"{key}: {message}" + ("" if hide else f" (got {given!r})")
+        lines.append(message)
+    return f"{source}: " + ("\n  ".join(lines) if len(lines) == 1 else "\n  " + "\n  ".join(lines))

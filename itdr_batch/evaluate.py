@@ -1,0 +1,428 @@
+"""Metrics of a finished evaluation-mode run, next to a random and a popularity baseline.
+
+Every metric comes from a maintained library (scikit-learn, sacrebleu, Google's rouge-score), so
+the numbers mean what they mean elsewhere. Baselines see the same users and candidates as the
+model. A failed model output is never dropped, which would flatter the model: it counts as the
+worst answer (held-out item ranked last, the rating farthest from the truth, no attributes, empty
+text), and each group reports how many users failed.
+"""
+
+import json
+import math
+import os
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+import sacrebleu
+from rich.table import Table
+from rouge_score import rouge_scorer
+from sklearn.metrics import (
+    accuracy_score,
+    label_ranking_average_precision_score,
+    mean_absolute_error,
+    mean_squared_error,
+    ndcg_score,
+    top_k_accuracy_score,
+)
+
+from itdr_batch.parsing import normalise
+from itdr_batch.scoring import ScoringConfig
+from itdr_batch.tasks import RANKING_TASKS, Task
+
+MANIFEST = "_manifest.json"
+BASELINES = ("random", "popularity")
+HIT_KS = (1, 5, 10)
+NDCG_KS = (5, 10)
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+# The name a null adapter (the base model) gets in the result.
+BASE = "base"
+
+Matrix = npt.NDArray[np.float64]
+Metrics = dict[str, float]
+
+
+class EvaluationError(ValueError):
+    """The run directory cannot be evaluated: what is wrong and where."""
+
+
+def evaluate(run_dir: Path) -> dict[str, Any]:
+    """Metrics per task and adapter for the model and both baselines (JSON-serialisable)."""
+    manifest = _manifest(run_dir)
+    config = manifest.get("config", {})
+    seed = int(config.get("seed", 0))
+    key = str(manifest.get("key", "user_id"))
+    interactions = _Interactions(config.get("data", {}).get("interactions"))
+    tasks: dict[str, Any] = {}
+    for task, path in _task_files(run_dir, manifest):
+        frame = pl.read_parquet(path)
+        groups: dict[str, Any] = {}
+        for adapter, group in _by_adapter(frame, key):
+            if task in RANKING_TASKS:
+                groups[adapter] = _ranking(group, key, path, interactions.counts(), seed)
+            elif task is Task.RP:
+                scale = config.get("scoring", {}).get("rating_scale", ScoringConfig.rating_scale)
+                groups[adapter] = _rating(group, interactions.ratings(), scale, seed)
+            elif task is Task.UAP:
+                groups[adapter] = _attributes(group, seed)
+            else:
+                groups[adapter] = _text(group)
+        tasks[task.value] = groups
+    return {"run_id": manifest.get("run_id"), "tasks": tasks, "note": _note(manifest, tasks)}
+
+
+def render(result: dict[str, Any]) -> Table:
+    """One row per (task, adapter, metric): the model next to the baselines, 4 decimals."""
+    table = Table(title=f"Evaluation of run {result.get('run_id')}")
+    for name in ("task", "adapter", "users", "metric", "model", *BASELINES):
+        table.add_column(name, justify="left" if name in ("task", "adapter", "metric") else "right")
+    for task, groups in result["tasks"].items():
+        for adapter, group in groups.items():
+            model = group["metrics"]["model"] or {}
+            for metric, value in model.items():
+                baselines = [(group["metrics"][b] or {}).get(metric) for b in BASELINES]
+                cells = [_number(v) for v in (value, *baselines)]
+                table.add_row(task, adapter, str(group["users"]), metric, *cells)
+    if result.get("note"):
+        table.caption = result["note"]
+    return table
+
+
+def write_json(result: dict[str, Any], path: Path) -> None:
+    """Writes to a temporary file beside ``path``, then renames it: readers never see half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _manifest(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        raise EvaluationError(f"{run_dir} has no {MANIFEST}: not a run directory")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise EvaluationError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise EvaluationError(f"{path} does not hold a JSON object")
+    if manifest.get("status") != "complete":
+        raise EvaluationError(
+            f"{path}: run status is {manifest.get('status')!r}, not 'complete'; "
+            "evaluate a finished run"
+        )
+    if not manifest.get("config", {}).get("prompts", {}).get("evaluation", False):
+        raise EvaluationError(
+            f"{path}: not an evaluation-mode run (config.prompts.evaluation is false), "
+            "so it has no held-out labels"
+        )
+    return manifest
+
+
+def _task_files(run_dir: Path, manifest: dict[str, Any]) -> Iterator[tuple[Task, Path]]:
+    """Each task the run scored with its result file; a task without its file is an error."""
+    files: dict[str, str] = manifest.get("files", {})
+    names = {t.value for t in Task}
+    tasks = manifest["config"]["prompts"].get("tasks") or [t for t in files if t in names]
+    for name in tasks:
+        if name not in names:
+            raise EvaluationError(f"{run_dir / MANIFEST}: unknown task {name!r}")
+        if name not in files:
+            raise EvaluationError(f"{run_dir / MANIFEST}: no entry in files for task {name!r}")
+        path = run_dir / files[name]
+        if not path.is_file():
+            raise EvaluationError(f"missing result file for task {name!r}: {path}")
+        yield Task(name), path
+
+
+def _by_adapter(frame: pl.DataFrame, key: str) -> Iterator[tuple[str, pl.DataFrame]]:
+    """Rows per adapter, the base model first, rows in key order (deterministic baselines)."""
+    frame = frame.sort(key, maintain_order=True)
+    adapters = frame["adapter"].unique().sort(nulls_last=False).to_list()
+    for adapter in adapters:
+        chosen = pl.col("adapter").is_null() if adapter is None else pl.col("adapter") == adapter
+        yield BASE if adapter is None else adapter, frame.filter(chosen)
+
+
+class _Interactions:
+    """The run's interactions table, read only if a baseline needs it, and at most once each."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self._counts: pl.DataFrame | None = None
+        self._ratings: tuple[pl.DataFrame, float] | None = None
+
+    def _scan(self, *columns: str) -> pl.LazyFrame:
+        if self.path is None or not Path(self.path).is_file():
+            raise EvaluationError(
+                f"the popularity baseline needs config.data.interactions; missing file: {self.path}"
+            )
+        scan = pl.scan_parquet(self.path)
+        absent = set(columns) - set(scan.collect_schema().names())
+        if absent:
+            raise EvaluationError(f"{self.path} has no column(s) {sorted(absent)}")
+        return scan.select(columns)
+
+    def counts(self) -> pl.DataFrame:
+        """``item_id``, ``count``: interactions per item over the whole table."""
+        if self._counts is None:
+            self._counts = self._scan("item_id").group_by("item_id").len("count").collect()
+        return self._counts
+
+    def ratings(self) -> tuple[pl.DataFrame, float]:
+        """Per item the sum and count of its (non-null) ratings, and the global mean rating."""
+        if self._ratings is None:
+            scan = self._scan("item_id", "rating")
+            stats = scan.group_by("item_id").agg(
+                pl.col("rating").sum().alias("rating_sum"),
+                pl.col("rating").count().alias("rating_count"),
+            )
+            mean = scan.select(pl.col("rating").mean()).collect().item()
+            if mean is None:
+                raise EvaluationError(
+                    f"{self.path} holds no ratings for the RP popularity baseline"
+                )
+            self._ratings = (stats.collect(), float(mean))
+        return self._ratings
+
+
+def _ranking(
+    group: pl.DataFrame, key: str, path: Path, counts: pl.DataFrame, seed: int
+) -> dict[str, Any]:
+    """HR@k, NDCG@k, MRR and P@5 over users, each user's candidates one row of a score matrix."""
+    group = group.with_columns(pl.col("label").fill_null(False), pl.col("score").fill_nan(None))
+    per_user = group.group_by(key).agg(pl.col("label").sum().alias("labels"))
+    bad = per_user.filter(pl.col("labels") != 1).sort(key)
+    if bad.height:
+        raise EvaluationError(
+            f"{path}: {key} {bad[key][0]!r} has {bad['labels'][0]} candidates labelled true "
+            f"({bad.height} user(s) in all); an evaluation run has exactly one per user"
+        )
+    group = group.sort(key, "position").with_columns(
+        row=pl.col(key).rle_id(),
+        col=pl.int_range(pl.len()).over(key),
+        has_score=pl.col("score").is_not_null().all().over(key),
+        has_rank=pl.col("rank").is_not_null().all().over(key),
+    )
+    # Generate mode ranks without scores; a user with neither failed: held-out item last.
+    model = (
+        pl.when("has_score")
+        .then(pl.col("score"))
+        .when("has_rank")
+        .then(-pl.col("rank").cast(pl.Float64))
+        .otherwise(pl.when("label").then(-1.0).otherwise(0.0))
+    )
+    counts = counts.with_columns(pl.col("item_id").cast(group["item_id"].dtype, strict=False))
+    popularity = (
+        group.select("item_id")
+        .join(counts, on="item_id", how="left", maintain_order="left")["count"]
+        .fill_null(0)
+    )
+    group = group.with_columns(model=model, popularity=popularity)
+    rows, cols = group["row"].to_numpy(), group["col"].to_numpy()
+    n = int(rows.max()) + 1
+    # Padding ranks below every real candidate with relevance 0, which changes no metric; a width
+    # above the largest k also keeps sklearn's top-k from reading 2-item lists as binary labels.
+    width = max(int(cols.max()) + 1, max(HIT_KS) + 1)
+    relevance = np.zeros((n, width), dtype=np.int64)
+    relevance[rows, cols] = group["label"].to_numpy()
+    present = np.zeros((n, width), dtype=bool)
+    present[rows, cols] = True
+    draws = np.random.default_rng(seed).random((n, width))
+    scores = {
+        "model": _scatter(_ordinal(group, "model", key), (n, width)),
+        "random": _padded(np.where(present, draws, np.nan)),
+        "popularity": _scatter(_ordinal(group, "popularity", key), (n, width)),
+    }
+    failed = group.filter(~pl.col("has_score") & ~pl.col("has_rank"))[key].n_unique()
+    return {
+        "users": n,
+        "failed": failed,
+        "metrics": {name: _ranking_metrics(relevance, s) for name, s in scores.items()},
+    }
+
+
+def _ordinal(group: pl.DataFrame, column: str, key: str) -> pl.DataFrame:
+    """Strictly ordered scores (0 best, then -1, ...): equal values go to the earlier position.
+
+    The three sklearn metrics treat ties differently (NDCG averages over them, top-k accuracy picks
+    the later column, label-ranking AP the worst case), so ties are broken once, as the scorer's
+    own ``rank`` does: by presented position. Exact, unlike adding ``-position * 1e-9``.
+    """
+    ordered = group.sort([key, column, "position"], descending=[False, True, False])
+    return ordered.select("row", "col", value=-pl.int_range(pl.len()).over(key).cast(pl.Float64))
+
+
+def _scatter(values: pl.DataFrame, shape: tuple[int, int]) -> Matrix:
+    matrix = np.full(shape, np.nan)
+    matrix[values["row"].to_numpy(), values["col"].to_numpy()] = values["value"].to_numpy()
+    return _padded(matrix)
+
+
+def _padded(matrix: Matrix) -> Matrix:
+    """Padding (NaN) becomes a score below the row's minimum."""
+    floor = np.nanmin(matrix, axis=1, keepdims=True) - 1.0
+    return np.where(np.isnan(matrix), floor, matrix)
+
+
+def _ranking_metrics(relevance: npt.NDArray[np.int64], scores: Matrix) -> Metrics:
+    target = relevance.argmax(axis=1)
+    labels = np.arange(relevance.shape[1])
+    metrics = {f"hr@{k}": top_k_accuracy_score(target, scores, k=k, labels=labels) for k in HIT_KS}
+    # Scores are tie-free but for the padding (relevance 0, where order does not count), so
+    # sklearn's per-row tie averaging, 60x slower, would change nothing.
+    metrics |= {f"ndcg@{k}": ndcg_score(relevance, scores, k=k, ignore_ties=True) for k in NDCG_KS}
+    # With exactly one relevant item per list, label-ranking average precision is 1/rank: MRR.
+    metrics["mrr"] = label_ranking_average_precision_score(relevance, scores)
+    # One relevant item per list: P@5 = hits in the top 5 / 5 = HR@5 / 5.
+    metrics["p@5"] = metrics["hr@5"] / 5
+    return {name: float(value) for name, value in metrics.items()}
+
+
+def _rating(
+    group: pl.DataFrame,
+    ratings: tuple[pl.DataFrame, float],
+    scale: list[float] | tuple[float, ...],
+    seed: int,
+) -> dict[str, Any]:
+    """RMSE and MAE of the predicted ratings over users whose held-out rating is known."""
+    group = group.filter(pl.col("label").is_not_null()).with_columns(
+        pl.col("rating").fill_nan(None)
+    )
+    if group.is_empty():
+        return _empty()
+    stats, global_mean = ratings
+    stats = stats.with_columns(pl.col("item_id").cast(group["item_id"].dtype, strict=False))
+    low, high = min(scale), max(scale)
+    # A failed prediction counts as the end of the scale farthest from the truth.
+    worst = pl.when(pl.col("label") - low > high - pl.col("label")).then(low).otherwise(high)
+    # The item's mean rating without this user's held-out rating, which would leak the answer
+    # (the held-out interaction is in the table: evaluation mode keeps it out of the prompt only);
+    # the global mean where no other rating of the item is left.
+    others = pl.col("rating_count").fill_null(0) - 1
+    popularity = (
+        pl.when(others > 0)
+        .then((pl.col("rating_sum") - pl.col("label")) / others)
+        .otherwise(global_mean)
+    )
+    group = group.join(stats, on="item_id", how="left", maintain_order="left").select(
+        "label",
+        model=pl.col("rating").fill_null(worst),
+        popularity=popularity,
+        failed=pl.col("rating").is_null(),
+    )
+    truth = group["label"].to_numpy()
+    predictions = {
+        "model": group["model"].to_numpy(),
+        "random": np.random.default_rng(seed).choice(np.asarray(scale, float), group.height),
+        "popularity": group["popularity"].to_numpy(),
+    }
+    return {
+        "users": group.height,
+        "failed": int(group["failed"].sum()),
+        "metrics": {
+            name: {
+                "rmse": math.sqrt(mean_squared_error(truth, p)),
+                "mae": float(mean_absolute_error(truth, p)),
+            }
+            for name, p in predictions.items()
+        },
+    }
+
+
+def _fields(entries: list[dict[str, str | None]] | None) -> dict[str, str]:
+    """Key/value entries, normalised as the UAP parser does its keys; empty values say nothing."""
+    pairs = ((normalise(e["key"] or ""), normalise(e["value"] or "")) for e in entries or [])
+    return {k: v for k, v in pairs if k and v}
+
+
+def _attributes(group: pl.DataFrame, seed: int) -> dict[str, Any]:
+    """Accuracy per attribute key in the labels, and their mean; a missing prediction is wrong."""
+    group = group.filter(pl.col("label").is_not_null())
+    truths = [_fields(v) for v in group["label"].to_list()]
+    predicted = [_fields(v) for v in group["fields"].to_list()]
+    attributes = sorted({k for truth in truths for k in truth})
+    if not attributes:
+        return _empty(group.height)
+    rng = np.random.default_rng(seed)
+    scores: dict[str, Metrics] = {"model": {}, "random": {}, "popularity": {}}
+    for attribute in attributes:
+        rows = [i for i, truth in enumerate(truths) if attribute in truth]
+        y_true = [truths[i][attribute] for i in rows]
+        values = sorted(set(y_true))
+        tally = Counter(y_true)
+        guesses = {
+            # "" never equals a true value: those with nothing in them were dropped above.
+            "model": [predicted[i].get(attribute, "") for i in rows],
+            "random": [str(v) for v in rng.choice(values, len(rows))],
+            # The most frequent true value; among equals the first in sorted order.
+            "popularity": [max(values, key=tally.__getitem__)] * len(rows),
+        }
+        for name, y_pred in guesses.items():
+            scores[name][f"accuracy/{attribute}"] = float(accuracy_score(y_true, y_pred))
+    for metrics in scores.values():
+        metrics["accuracy"] = float(np.mean(list(metrics.values())))
+    return {
+        "users": group.height,
+        "failed": sum(not p for p in predicted),
+        "metrics": scores,
+    }
+
+
+def _text(group: pl.DataFrame) -> dict[str, Any]:
+    """Corpus BLEU (0-100) and mean ROUGE F-measures against the reference texts."""
+    group = group.filter(pl.col("label").is_not_null())
+    if group.is_empty():
+        return _empty()
+    hypotheses = [t or "" for t in group["text"].to_list()]
+    references: list[str] = group["label"].to_list()
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES))
+    rouge = [scorer.score(r, h) for r, h in zip(references, hypotheses, strict=True)]
+    metrics = {"bleu": float(sacrebleu.corpus_bleu(hypotheses, [references]).score)}
+    metrics |= {t: float(np.mean([s[t].fmeasure for s in rouge])) for t in ROUGE_TYPES}
+    return {
+        "users": group.height,
+        "failed": sum(not h for h in hypotheses),
+        "metrics": {"model": metrics, "random": None, "popularity": None},
+    }
+
+
+def _empty(users: int = 0) -> dict[str, Any]:
+    return {
+        "users": users,
+        "failed": 0,
+        "metrics": {"model": None, "random": None, "popularity": None},
+    }
+
+
+def _note(manifest: dict[str, Any], tasks: dict[str, Any]) -> str:
+    sentences = [
+        "random and popularity are baselines on the same users and candidates; failed model "
+        "outputs count as the worst answer."
+    ]
+    text_tasks = sorted(t for t in tasks if t in (Task.IR, Task.TUI))
+    if text_tasks:
+        sentences.append(
+            f"{', '.join(text_tasks)}: no baselines (null), as free text has no candidates."
+        )
+    model = manifest.get("model")
+    if isinstance(model, dict) and model.get("untrained"):
+        sentences.append(
+            "The model is untrained: its metrics show the pipeline working, not model quality."
+        )
+    return " ".join(sentences)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

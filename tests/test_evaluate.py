@@ -1,0 +1,366 @@
+"""evaluate.py on run directories built by hand, so every expected number is known in advance."""
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+import pytest
+from rich.console import Console
+
+from itdr_batch.evaluate import EvaluationError, evaluate, render, write_json
+
+RUN_ID = "run0"
+RATING_SCALE = [1.0, 2.0, 3.0, 4.0, 5.0]
+ATTRIBUTES = pl.List(pl.Struct({"key": pl.String, "value": pl.String}))
+
+
+def write_run(
+    run: Path,
+    tables: dict[str, pl.DataFrame],
+    interactions: pl.DataFrame | None = None,
+    *,
+    key: str = "user_id",
+    seed: int = 0,
+    **manifest: Any,
+) -> Path:
+    """A run directory: each task's Parquet file, the interactions table and the manifest."""
+    run.mkdir(parents=True, exist_ok=True)
+    data = run / "interactions.parquet"
+    if interactions is None:
+        interactions = pl.DataFrame(
+            {"user_id": [0], "item_id": [0], "timestamp": [0], "rating": [3.0]}
+        )
+    interactions.write_parquet(data)
+    for task, frame in tables.items():
+        frame.write_parquet(run / f"{task}.parquet")
+    body: dict[str, Any] = {
+        "run_id": RUN_ID,
+        "status": "complete",
+        "key": key,
+        "files": {task: f"{task}.parquet" for task in tables} | {"rejects": "rejects.parquet"},
+        "config": {
+            "data": {"interactions": str(data), "items": str(run / "items.parquet")},
+            "prompts": {"tasks": list(tables), "evaluation": True, "candidates": 10},
+            "scoring": {"rating_scale": RATING_SCALE},
+            "seed": seed,
+        },
+    }
+    (run / "_manifest.json").write_text(json.dumps(body | manifest))
+    return run
+
+
+def ranking_frame(
+    scores: npt.NDArray[np.float64],
+    labels: npt.NDArray[np.int64],
+    items: list[Any] | None = None,
+    adapter: str | None = None,
+) -> pl.DataFrame:
+    """One row per (user, candidate); user u's held-out candidate is at position ``labels[u]``.
+
+    Candidate j of every user is item ``items[j]`` (default: j), so popularity is per position.
+    """
+    n, width = scores.shape
+    ranks = np.argsort(np.argsort(-scores, axis=1, kind="stable"), axis=1, kind="stable") + 1
+    positions = np.tile(np.arange(width), n)
+    return pl.DataFrame(
+        {
+            "user_id": np.repeat(np.arange(n), width),
+            "adapter": [adapter] * (n * width),
+            "item_id": pl.Series([(items or list(range(width)))[j] for j in positions]),
+            "position": pl.Series(positions, dtype=pl.UInt32),
+            "rank": pl.Series(ranks.ravel(), dtype=pl.UInt32),
+            "score": scores.ravel(),
+            "prob": pl.Series([None] * (n * width), dtype=pl.Float64),
+            "status": ["ok"] * (n * width),
+            "label": positions == np.repeat(labels, width),
+            "model": ["m"] * (n * width),
+            "run_id": [RUN_ID] * (n * width),
+        },
+        schema_overrides={"adapter": pl.String},
+    )
+
+
+def metrics(result: dict[str, Any], task: str, adapter: str = "base") -> dict[str, Any]:
+    block: dict[str, Any] = result["tasks"][task][adapter]["metrics"]
+    return block
+
+
+def test_random_baseline_matches_its_closed_form(tmp_path: Path) -> None:
+    """Under i.i.d. scores the held-out item's rank p is uniform on 1..10 whatever its position,
+    so each per-user metric has a known mean and variance: the mean over n users lies within
+    4 standard errors (sqrt(var / n)) of it."""
+    n, width = 2_000, 10
+    rng = np.random.default_rng(1)
+    frame = ranking_frame(rng.random((n, width)), np.arange(n) % width)
+    result = evaluate(write_run(tmp_path, {"tkr": frame}, seed=7))
+    random = metrics(result, "tkr")["random"]
+    p = np.arange(1, width + 1)
+    per_user = {
+        "ndcg@10": 1 / np.log2(p + 1),
+        "ndcg@5": np.where(p <= 5, 1 / np.log2(p + 1), 0.0),
+        "hr@5": (p <= 5).astype(float),
+        "hr@1": (p == 1).astype(float),
+        "mrr": 1 / p,
+    }
+    assert per_user["ndcg@10"].mean() == pytest.approx(0.4544, abs=1e-4)
+    for name, values in per_user.items():
+        standard_error = math.sqrt(values.var() / n)
+        assert abs(random[name] - values.mean()) < 4 * standard_error, name
+    assert random["hr@10"] == 1.0
+    assert random["p@5"] == pytest.approx(random["hr@5"] / 5)
+    assert result["tasks"]["tkr"]["base"]["users"] == n
+
+
+def test_perfect_and_worst_models(tmp_path: Path) -> None:
+    n, width = 50, 10
+    labels = np.arange(n) % width
+    held_out = np.arange(width) == labels[:, None]
+    perfect = np.where(held_out, 2.0, np.random.default_rng(0).random((n, width)))
+    worst = np.where(held_out, -1.0, 1.0)
+    run = write_run(
+        tmp_path,
+        {
+            "tkr": pl.concat(
+                [ranking_frame(perfect, labels), ranking_frame(worst, labels, None, "w")]
+            )
+        },
+    )
+    result = evaluate(run)
+    best, bad = metrics(result, "tkr")["model"], metrics(result, "tkr", "w")["model"]
+    assert (best["hr@1"], best["ndcg@10"], best["mrr"], best["p@5"]) == (1.0, 1.0, 1.0, 0.2)
+    assert (bad["hr@1"], bad["hr@5"], bad["hr@10"]) == (0.0, 0.0, 1.0)
+    assert bad["mrr"] == pytest.approx(0.1)
+    assert bad["ndcg@10"] == pytest.approx(1 / math.log2(11))
+    assert list(result["tasks"]["tkr"]) == ["base", "w"]
+
+
+def test_generate_mode_ranks_and_failed_users(tmp_path: Path) -> None:
+    """Without scores the rank column orders the list; a user with neither counts as a miss."""
+    labels = np.array([0, 1])
+    frame = ranking_frame(np.zeros((2, 4)), labels).with_columns(
+        score=pl.lit(None, pl.Float64),
+        rank=pl.when(pl.col("user_id") == 0)
+        .then(pl.col("position") + 1)
+        .otherwise(pl.lit(None, pl.UInt32)),
+    )
+    result = evaluate(write_run(tmp_path, {"cdr": frame}))
+    model = metrics(result, "cdr")["model"]
+    assert result["tasks"]["cdr"]["base"]["failed"] == 1
+    assert model["hr@1"] == 0.5
+    assert model["mrr"] == pytest.approx((1 + 1 / 4) / 2)
+
+
+def test_popularity_baseline_and_position_ties(tmp_path: Path) -> None:
+    """Items "a" and "b" are tied for most interactions: the earlier presented one ranks first."""
+    items = ["c", "a", "b", "d"]
+    interactions = pl.DataFrame(
+        {
+            "user_id": [1, 2, 3, 1, 2, 3, 1],
+            "item_id": ["a", "a", "a", "b", "b", "b", "c"],
+            "timestamp": [0] * 7,
+            "rating": [4.0] * 7,
+        }
+    )
+    frame = ranking_frame(np.zeros((2, 4)), np.array([1, 2]), items).with_columns(
+        pl.col("user_id").cast(pl.String)
+    )
+    result = evaluate(write_run(tmp_path, {"tkr": frame}, interactions))
+    popularity = metrics(result, "tkr")["popularity"]
+    # User 0's held-out "a" (position 1) wins the tie; user 1's "b" (position 2) comes second.
+    assert popularity["hr@1"] == 0.5
+    assert popularity["mrr"] == pytest.approx((1 + 1 / 2) / 2)
+
+    alone = ranking_frame(np.zeros((1, 4)), np.array([1]), items)
+    result = evaluate(write_run(tmp_path / "alone", {"tkr": alone}, interactions))
+    assert metrics(result, "tkr")["popularity"]["hr@1"] == 1.0
+
+
+def rp_frame(
+    user: list[int], item: list[int], rating: list[float | None], label: list[float]
+) -> pl.DataFrame:
+    n = len(user)
+    return pl.DataFrame(
+        {
+            "user_id": user,
+            "adapter": [None] * n,
+            "item_id": item,
+            "rating": rating,
+            "rating_argmax": [None] * n,
+            "status": ["ok"] * n,
+            "label": label,
+            "model": ["m"] * n,
+            "run_id": [RUN_ID] * n,
+        },
+        schema_overrides={"adapter": pl.String, "rating": pl.Float64, "rating_argmax": pl.Float64},
+    )
+
+
+def test_rating_prediction(tmp_path: Path) -> None:
+    interactions = pl.DataFrame(
+        {
+            "user_id": [0, 5, 6, 1, 2],
+            "item_id": [10, 10, 10, 11, 12],
+            "timestamp": [0] * 5,
+            "rating": [5.0, 1.0, 1.0, 2.0, 4.0],
+        }
+    )
+    # User 2's prediction failed: it counts as 5.0, the end of the scale farthest from 2.0.
+    frame = rp_frame([0, 1, 2], [10, 11, 12], [4.5, 2.0, None], [5.0, 2.0, 2.0])
+    result = evaluate(write_run(tmp_path, {"rp": frame}, interactions))
+    block = metrics(result, "rp")
+    truth = np.array([5.0, 2.0, 2.0])
+    predicted = np.array([4.5, 2.0, 5.0])
+    assert block["model"]["rmse"] == pytest.approx(np.sqrt(np.mean((predicted - truth) ** 2)))
+    assert block["model"]["mae"] == pytest.approx(np.mean(np.abs(predicted - truth)))
+    assert result["tasks"]["rp"]["base"]["failed"] == 1
+    # Item 10 without user 0's own 5.0 averages 1.0 (with it, 7/3); items 11 and 12 have no other
+    # rating, so they fall back to the global mean.
+    popularity = np.array([1.0, 13 / 5, 13 / 5])
+    assert block["popularity"]["mae"] == pytest.approx(np.mean(np.abs(popularity - truth)))
+    # The random baseline draws from the scale, the same draws on every call.
+    assert block["random"]["mae"] in {float(np.mean(np.abs(d - truth))) for d in _draws(3)}
+    assert evaluate(tmp_path) == result
+
+
+def _draws(n: int) -> list[npt.NDArray[np.float64]]:
+    """Every possible vector of n ratings from the scale."""
+    grids = np.meshgrid(*[RATING_SCALE] * n, indexing="ij")
+    return list(np.stack([g.ravel() for g in grids], axis=1))
+
+
+def test_user_attributes(tmp_path: Path) -> None:
+    def attributes(pairs: dict[str, str] | None) -> list[dict[str, str]] | None:
+        return None if pairs is None else [{"key": k, "value": v} for k, v in pairs.items()]
+
+    truth = [{"gender": "F", "age": "25"}, {"gender": "M"}, {"gender": "F"}, None]
+    predicted = [{"Gender": " f ", "age": "30"}, {"gender": "F"}, {}, {"gender": "F"}]
+    frame = pl.DataFrame(
+        {
+            "user_id": [0, 1, 2, 3],
+            "adapter": [None] * 4,
+            "text": ["x"] * 4,
+            "fields": [attributes(p) for p in predicted],
+            "status": ["ok"] * 4,
+            "label": [attributes(t) for t in truth],
+            "model": ["m"] * 4,
+            "run_id": [RUN_ID] * 4,
+        },
+        schema_overrides={"adapter": pl.String, "fields": ATTRIBUTES, "label": ATTRIBUTES},
+    )
+    result = evaluate(write_run(tmp_path, {"uap": frame}))
+    group = result["tasks"]["uap"]["base"]
+    model = group["metrics"]["model"]
+    assert (group["users"], group["failed"]) == (3, 1)
+    assert model["accuracy/gender"] == pytest.approx(1 / 3)
+    assert model["accuracy/age"] == 0.0
+    assert model["accuracy"] == pytest.approx(1 / 6)
+    popularity = group["metrics"]["popularity"]
+    assert (popularity["accuracy/gender"], popularity["accuracy/age"]) == (pytest.approx(2 / 3), 1)
+
+
+def text_frame(
+    texts: list[str | None], labels: list[str | None], key: str = "item_id"
+) -> pl.DataFrame:
+    n = len(texts)
+    return pl.DataFrame(
+        {
+            key: [f"k{k}" for k in range(n)],
+            "adapter": [None] * n,
+            "text": texts,
+            "status": ["ok"] * n,
+            "label": labels,
+            "model": ["m"] * n,
+            "run_id": [RUN_ID] * n,
+        },
+        schema_overrides={"adapter": pl.String, "text": pl.String, "label": pl.String},
+    )
+
+
+def test_text_tasks(tmp_path: Path) -> None:
+    same = "a quiet drama about two brothers who run a small bakery in the old town"
+    other = "an action film with car chases and explosions in a big city at night"
+    tables = {
+        "tui": text_frame([same, "x"], [same, None]),
+        "ir": text_frame([other, None], [same, same]),
+    }
+    result = evaluate(write_run(tmp_path, tables, key="item_id", model={"untrained": True}))
+    exact = metrics(result, "tui")["model"]
+    assert exact["bleu"] == pytest.approx(100.0)
+    assert (exact["rouge1"], exact["rouge2"], exact["rougeL"]) == (1.0, 1.0, 1.0)
+    assert result["tasks"]["tui"]["base"]["users"] == 1
+    different = metrics(result, "ir")
+    assert different["model"]["bleu"] < 20.0
+    assert 0.0 < different["model"]["rougeL"] < 0.5
+    assert (different["random"], different["popularity"]) == (None, None)
+    assert result["tasks"]["ir"]["base"]["failed"] == 1
+    assert "untrained" in result["note"]
+    assert "no baselines" in result["note"]
+
+
+def test_render_and_write_json(tmp_path: Path) -> None:
+    labels = np.array([0, 1])
+    run = write_run(
+        tmp_path / "run",
+        {
+            "nir": ranking_frame(np.eye(2, 3), labels),
+            "ir": text_frame(["one two three four"], ["one two three four"], "user_id"),
+        },
+    )
+    result = evaluate(run)
+    assert "untrained" not in result["note"]
+    table = render(result)
+    assert table.row_count == 7 + 4
+    console = Console(record=True, width=200)
+    console.print(table)
+    rows = [
+        [cell.strip() for cell in line.split("│")[1:-1]]
+        for line in console.export_text().splitlines()
+    ]
+    assert ["nir", "base", "2", "hr@1", "1.0000", "1.0000", "0.5000"] in rows
+    assert ["ir", "base", "1", "rougeL", "1.0000", "-", "-"] in rows
+    out = tmp_path / "out" / "metrics.json"
+    write_json(result, out)
+    assert json.loads(out.read_text()) == result
+    assert [p.name for p in out.parent.iterdir()] == ["metrics.json"]
+
+
+def _two_labels(run: Path) -> None:
+    frame = ranking_frame(np.zeros((2, 3)), np.array([0, 1]))
+    write_run(run, {"tkr": frame.with_columns(label=pl.col("label") | (pl.col("item_id") == 2))})
+
+
+def _edit_manifest(run: Path, **changes: Any) -> None:
+    write_run(run, {"rp": rp_frame([0], [0], [3.0], [3.0])})
+    manifest = json.loads((run / "_manifest.json").read_text())
+    for path, value in changes.items():
+        *parents, last = path.split("__")
+        node = manifest
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    (run / "_manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    ("prepare", "message"),
+    [
+        (lambda run: run.mkdir(), "no _manifest.json"),
+        (lambda run: _edit_manifest(run, status="running"), "not 'complete'"),
+        (
+            lambda run: _edit_manifest(run, config__prompts__evaluation=False),
+            "not an evaluation-mode run",
+        ),
+        (lambda run: _edit_manifest(run, files__rp="gone.parquet"), "missing result file"),
+        (lambda run: _two_labels(run), "user_id 0 has 2 candidates labelled true"),
+    ],
+    ids=["no-manifest", "incomplete", "not-evaluation", "missing-file", "two-labels"],
+)
+def test_errors_name_the_problem(tmp_path: Path, prepare: Any, message: str) -> None:
+    run = tmp_path / "run"
+    prepare(run)
+    with pytest.raises(EvaluationError, match=message):
+        evaluate(run)
