@@ -320,6 +320,66 @@ def score(
     print_run(result)
 
 
+@app.command("evaluate")
+def evaluate_run(
+    run: Annotated[Path, typer.Argument(help="Folder of a complete evaluation-mode run.")],
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Where the figures go [RUN/evaluation.json].")
+    ] = None,
+) -> None:
+    """Ranking, rating and text metrics of a run, next to random and popularity baselines."""
+    from itdr_batch.evaluate import EvaluationError, evaluate, render, write_json
+
+    try:
+        result = evaluate(run)
+    except EvaluationError as exc:
+        _fail(exc)
+    path = json_path or run / "evaluation.json"
+    write_json(result, path)
+    console.print(render(result))
+    console.print(f"written to {escape(str(path))}", highlight=False)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for everything the demo makes.")] = Path(
+        "out/demo"
+    ),
+    engine: Annotated[Engine, typer.Option(help="Inference engine.")] = Engine.auto,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(help="Tokenizer folder [../shared/data/qwen2.5-tokenizer, else trained]."),
+    ] = None,
+) -> None:
+    """The whole job on the bundled MovieLens sample with an untrained tiny model, offline."""
+    from itdr_batch.demo import run_demo
+    from itdr_batch.evaluate import render
+
+    shown = run_demo(out, engine.value, tokenizer, _reporter())
+    console.print(f"tokenizer: {escape(shown.tokenizer)}", highlight=False)
+    print_run(shown.run)
+    console.print(render(shown.evaluation))
+    run = shown.run.out
+    console.print(
+        f"""
+[bold]The tiny model is untrained[/]: these metrics show the pipeline working end to end,
+not model quality (expect figures near the random baseline's).
+
+Results are in {escape(str(run))}/ (the contract is in README.md, "Results"):
+  tkr.parquet      one row per (user, candidate): rank, score, prob, label (held-out item)
+  rp.parquet       one row per user: expected rating, argmax rating, label (true rating)
+  rejects.parquet  users without a result, with the reason
+  _manifest.json   run id, config, model and adapter hashes, counts, timings
+  evaluation.json  the metrics above
+Read them with Polars:
+  python -c "import polars as pl; print(pl.read_parquet('{escape(str(run))}/tkr.parquet'))"
+Score again, or your own shard, with the same configuration:
+  itdr-batch score --users {escape(str(shown.users))} --config {escape(str(shown.job))}""",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def print_run(result: JobResult) -> None:
     """Where a run's files are, what they hold, and how fast it went."""
     manifest = result.manifest

@@ -9,7 +9,6 @@ text), and each group reports how many users failed.
 
 import json
 import math
-import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +31,7 @@ from sklearn.metrics import (
 
 from itdr_batch.parsing import normalise
 from itdr_batch.scoring import ScoringConfig
+from itdr_batch.sink import write_json_atomic
 from itdr_batch.tasks import RANKING_TASKS, Task
 
 MANIFEST = "_manifest.json"
@@ -71,14 +71,23 @@ def evaluate(run_dir: Path) -> dict[str, Any]:
                 groups[adapter] = _attributes(group, seed)
             else:
                 groups[adapter] = _text(group)
+        # Rows the job rejected (no prompt, engine failure, unparsable output) are not in the
+        # task's file: their count says how much of the shard the metrics cover.
+        counts = manifest.get("counts", {}).get("tasks", {}).get(task.value, {})
+        for adapter, group in groups.items():
+            group["rejected"] = counts.get(adapter, {}).get("rejected", 0)
         tasks[task.value] = groups
     return {"run_id": manifest.get("run_id"), "tasks": tasks, "note": _note(manifest, tasks)}
+
+
+def write_json(result: dict[str, Any], path: Path) -> None:
+    write_json_atomic(result, path)
 
 
 def render(result: dict[str, Any]) -> Table:
     """One row per (task, adapter, metric): the model next to the baselines, 4 decimals."""
     table = Table(title=f"Evaluation of run {result.get('run_id')}")
-    for name in ("task", "adapter", "users", "metric", "model", *BASELINES):
+    for name in ("task", "adapter", "users", "rejected", "metric", "model", *BASELINES):
         table.add_column(name, justify="left" if name in ("task", "adapter", "metric") else "right")
     for task, groups in result["tasks"].items():
         for adapter, group in groups.items():
@@ -86,25 +95,11 @@ def render(result: dict[str, Any]) -> Table:
             for metric, value in model.items():
                 baselines = [(group["metrics"][b] or {}).get(metric) for b in BASELINES]
                 cells = [_number(v) for v in (value, *baselines)]
-                table.add_row(task, adapter, str(group["users"]), metric, *cells)
+                users, rejected = str(group["users"]), str(group["rejected"])
+                table.add_row(task, adapter, users, rejected, metric, *cells)
     if result.get("note"):
         table.caption = result["note"]
     return table
-
-
-def write_json(result: dict[str, Any], path: Path) -> None:
-    """Writes to a temporary file beside ``path``, then renames it: readers never see half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _manifest(run_dir: Path) -> dict[str, Any]:
@@ -122,6 +117,8 @@ def _manifest(run_dir: Path) -> dict[str, Any]:
             f"{path}: run status is {manifest.get('status')!r}, not 'complete'; "
             "evaluate a finished run"
         )
+    if manifest.get("dry_run"):
+        raise EvaluationError(f"{path}: a dry run holds prompts, not scores")
     if not manifest.get("config", {}).get("prompts", {}).get("evaluation", False):
         raise EvaluationError(
             f"{path}: not an evaluation-mode run (config.prompts.evaluation is false), "

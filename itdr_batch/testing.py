@@ -53,7 +53,7 @@ def build_tiny_model(out: Path, tokenizer: Path, seed: int = 0) -> Path:
     Idempotent: a folder already built with the same seed and tokenizer is reused.
     """
     stamp = {"kind": "model", "seed": seed, "tokenizer": str(tokenizer.resolve())}
-    if _built(out, stamp):
+    if is_built(out, stamp):
         return out
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
@@ -77,17 +77,17 @@ def build_tiny_model(out: Path, tokenizer: Path, seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)  # type: ignore[no-untyped-call]
-    tmp = _fresh(out)
+    tmp = fresh_folder(out)
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     (tmp / BUILD_STAMP).write_text(json.dumps(stamp))
-    return _commit(tmp, out)
+    return commit_folder(tmp, out)
 
 
 def build_adapter(out: Path, model: Path, seed: int, rank: int = 8, alpha: int = 16) -> Path:
     """A LoRA adapter on every linear layer of ``model``, with non-zero weights from ``seed``."""
     stamp = {"kind": "adapter", "seed": seed, "rank": rank, "alpha": alpha, "model": str(model)}
-    if _built(out, stamp):
+    if is_built(out, stamp):
         return out
     import torch
     from peft import LoraConfig, get_peft_model
@@ -107,25 +107,25 @@ def build_adapter(out: Path, model: Path, seed: int, rank: int = 8, alpha: int =
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0.0, 0.05)
-    tmp = _fresh(out)
+    tmp = fresh_folder(out)
     peft_model.save_pretrained(str(tmp), safe_serialization=True)
     (tmp / BUILD_STAMP).write_text(json.dumps(stamp))
-    return _commit(tmp, out)
+    return commit_folder(tmp, out)
 
 
-def _built(out: Path, stamp: dict[str, object]) -> bool:
+def is_built(out: Path, stamp: dict[str, object]) -> bool:
     path = out / BUILD_STAMP
     return path.is_file() and json.loads(path.read_text()) == stamp
 
 
-def _fresh(out: Path) -> Path:
+def fresh_folder(out: Path) -> Path:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     return tmp
 
 
-def _commit(tmp: Path, out: Path) -> Path:
+def commit_folder(tmp: Path, out: Path) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out

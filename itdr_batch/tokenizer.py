@@ -18,7 +18,7 @@ from pathlib import Path
 from itdr_batch.chat import CHAT_FORMATS
 from itdr_batch.datasets import SAMPLE, read_movielens
 from itdr_batch.tasks import DOMAINS, TEMPLATES
-from itdr_batch.testing import BUILD_STAMP, _built, _commit, _fresh
+from itdr_batch.testing import BUILD_STAMP, commit_folder, fresh_folder, is_built
 
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 # Qwen2.5's pre-tokenizer split: letters with one leading non-letter, single digits, punctuation.
@@ -41,7 +41,7 @@ def train_tokenizer(texts: Iterable[str], out: Path, vocab_size: int = 4096) -> 
     """
     corpus = list(texts)
     stamp = {"kind": "tokenizer", "texts": _digest(corpus), "vocab_size": vocab_size}
-    if _built(out, stamp):
+    if is_built(out, stamp):
         return out
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -68,10 +68,10 @@ def train_tokenizer(texts: Iterable[str], out: Path, vocab_size: int = 4096) -> 
         pad_token=ENDOFTEXT,
         clean_up_tokenization_spaces=False,
     )
-    tmp = _fresh(out)
+    tmp = fresh_folder(out)
     fast.save_pretrained(tmp)
     (tmp / BUILD_STAMP).write_text(json.dumps(stamp))
-    return _commit(tmp, out)
+    return commit_folder(tmp, out)
 
 
 def sample_texts() -> Iterator[str]:

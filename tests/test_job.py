@@ -12,7 +12,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from conftest import Canonical, WriteJob
+from conftest import JOB_USERS, Canonical, WriteJob
 from polars.testing import assert_frame_equal
 from typer.testing import CliRunner, Result
 
@@ -418,3 +418,35 @@ def test_an_output_folder_holding_another_run_is_refused(
     assert result.exit_code == 2
     assert "already holds the complete run" in result.output
     assert "differs: seed" in " ".join(result.output.split())
+
+
+def test_evaluate_reports_metrics_next_to_the_baselines(cli: CliRunner, reference: Path) -> None:
+    result = cli.invoke(app, ["evaluate", str(reference)])
+    assert result.exit_code == 0, result.output
+    figures = json.loads((reference / "evaluation.json").read_text())
+    tkr = figures["tasks"]["tkr"]["a1"]
+    assert tkr["users"] == JOB_USERS
+    assert set(tkr["metrics"]) == {"model", "random", "popularity"}
+    assert 0 <= tkr["metrics"]["model"]["ndcg@10"] <= 1
+    assert figures["tasks"]["rp"]["a1"]["metrics"]["model"]["rmse"] > 0
+    assert "untrained" in figures["note"]
+
+
+def test_demo_runs_offline_on_a_trained_tokenizer(
+    cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a folder with no ../shared beside it: the tokenizer is trained on the sample."""
+    monkeypatch.chdir(tmp_path)
+    result = cli.invoke(app, ["demo", "--out", "demo", "--engine", "hf"])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "trained on the sample's own text" in output
+    assert "The tiny model is untrained" in output
+    manifest = json.loads((tmp_path / "demo/run/_manifest.json").read_text())
+    assert manifest["counts"]["rows"] == 50
+    assert manifest["counts"]["tasks"]["tkr"]["a1"]["scored"] == 50
+    evaluation = json.loads((tmp_path / "demo/run/evaluation.json").read_text())
+    assert set(evaluation["tasks"]) == {"tkr", "rp"}
+    again = cli.invoke(app, ["demo", "--out", "demo", "--engine", "hf"])
+    assert again.exit_code == 0
+    assert "already complete" in again.output
