@@ -27,6 +27,7 @@ from itdr_batch.job import EngineCrashed, JobResult, run_job
 from itdr_batch.progress import LogReporter, Reporter, RichReporter
 from itdr_batch.prompts import PromptConfig, build_prompts
 from itdr_batch.scoring import Mode
+from itdr_batch.sink import write_json_atomic
 from itdr_batch.tables import TableError, load_interactions, load_items, load_users
 from itdr_batch.tasks import DOMAINS, Task
 
@@ -181,7 +182,7 @@ def bench_prompts(
     if source != data:
         errors.print(f"{data} not found: replicating the bundled sample instead", highlight=False)
     figures = bench_module.run(users, python_users, source)
-    bench_module.write(figures, json_path)
+    write_json_atomic(figures, json_path)
     table = RichTable(title=f"TKR prompts, {users:,} users, {figures['threads']} threads")
     for column in ("implementation", "prompts/s", "rust speed-up", "byte-identical"):
         table.add_column(column, justify="left" if column == "implementation" else "right")
@@ -236,7 +237,7 @@ def bench_engines(
         _fail(FileNotFoundError(f"tokenizer folder {tokenizer} not found"))
     source = data if data.is_dir() else SAMPLE
     figures = bench_module.run(users, source, tokenizer, workdir, engines)
-    bench_module.write(figures, json_path)
+    write_json_atomic(figures, json_path)
     table = RichTable(
         title=f"{figures['users']} users, mean prompt {figures['mean_prompt_tokens']:.0f} tokens"
     )
@@ -397,11 +398,10 @@ def print_run(result: JobResult) -> None:
     console.print(table)
     speed = manifest["throughput"]
     if speed["prompts_per_s"]:
-        console.print(
-            f"{speed['prompts']:,} prompts, {speed['prompts_per_s']:,.1f} prompts/s, "
-            f"{speed['prompt_tokens_per_s']:,.0f} prompt tokens/s",
-            highlight=False,
-        )
+        line = f"{speed['prompts']:,} prompts, {speed['prompts_per_s']:,.1f} prompts/s"
+        if speed["prompt_tokens_per_s"]:  # a dry run does not tokenize
+            line += f", {speed['prompt_tokens_per_s']:,.0f} prompt tokens/s"
+        console.print(line, highlight=False)
     files = ", ".join(manifest["files"].values())
     console.print(
         f"written to {escape(str(result.out))}/: {files}, _manifest.json", highlight=False
@@ -419,6 +419,52 @@ def _adapter(pair: str) -> dict[str, str]:
     if not sep:
         raise typer.BadParameter(f"expected NAME=PATH, got {pair!r}", param_hint="--adapter")
     return {"name": name, "path": path}
+
+
+@bench.command("job")
+def bench_job(
+    sizes: Annotated[
+        list[int] | None,
+        typer.Option("--size", help="Shard sizes (users), repeatable [10k, 100k, 1M]."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Users per batch.")] = 10_000,
+    data: Annotated[
+        Path, typer.Option(help="MovieLens folder whose histories are replicated.")
+    ] = Path("../shared/data/movielens-latest-small"),
+    workdir: Annotated[Path, typer.Option(help="Where the shards and runs go.")] = Path(
+        "benchmarks/results/job"
+    ),
+    json_path: Annotated[Path, typer.Option("--json", help="Where the figures go.")] = Path(
+        "benchmarks/results/job.json"
+    ),
+) -> None:
+    """Peak RSS of `score --dry-run` over shards of growing size: it should stay flat."""
+    from itdr_batch.bench import job as bench_module
+
+    sizes = sorted(sizes or [10_000, 100_000, 1_000_000])
+    source = data if data.is_dir() else SAMPLE
+    figures = bench_module.run(sizes, batch_size, source, workdir)
+    write_json_atomic(figures, json_path)
+    table = RichTable(
+        title=f"score --dry-run, TKR, batch {batch_size:,}, "
+        f"{figures['interactions_rows']:,} interactions"
+    )
+    for column in ("users", "peak RSS MiB", "seconds", "prompts/s"):
+        table.add_column(column, justify="right")
+    for size in sizes:
+        key = str(size)
+        table.add_row(
+            f"{size:,}",
+            f"{figures['peak_rss_mb'][key]:,.0f}",
+            f"{figures['seconds'][key]:,.1f}",
+            f"{figures['prompts_per_s'][key]:,.0f}",
+        )
+    console.print(table)
+    console.print(
+        f"peak RSS, largest / smallest shard: {figures['rss_ratio_largest_to_smallest']:.2f}x",
+        highlight=False,
+    )
+    console.print(f"written to {escape(str(json_path))}", highlight=False)
 
 
 def _ingest(read: Callable[[], Ingested], out: Path) -> None:
@@ -460,3 +506,7 @@ def _print_summary(summary: Summary) -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -48,7 +48,7 @@ from itdr_batch.results import (
     results_frame,
 )
 from itdr_batch.scoring import Row, Scored, Scorer, rows_from_prompts
-from itdr_batch.sink import write_json_atomic, write_parquet_atomic
+from itdr_batch.sink import concat_parquet_atomic, write_json_atomic, write_parquet_atomic
 from itdr_batch.tables import load_interactions, load_item_shard, load_items, load_users
 from itdr_batch.tasks import RANKING_TASKS, Task
 from itdr_batch.testing import BUILD_STAMP
@@ -189,9 +189,17 @@ def _plan(config: JobConfig, users: Path, dry_run: bool) -> Plan:
         "items": _file_identity(config.data.items),
     }
     plan = Plan(
-        config, users, dry_run, ids, items_frame, interactions.frame, shard.frame, n_rows,
-        inputs, counts,
-    )  # fmt: skip
+        config=config,
+        users=users,
+        dry_run=dry_run,
+        ids=ids,
+        items=items_frame,
+        interactions=interactions.frame,
+        shard=shard.frame,
+        n_rows=n_rows,
+        inputs=inputs,
+        item_counts=counts,
+    )
     if not dry_run:
         engine_config = config.engine_config()
         plan.adapters = load_model(engine_config)
@@ -292,8 +300,8 @@ def _run_batches(
     size = plan.config.scoring.batch_size
     done = sum(min(size, plan.n_rows - b * size) for b, _ in units if (b, _) not in pending)
     if len(pending) < len(units):
-        log.info("resuming run %s: %d of %d batches already committed", plan.run_id,
-                 len(units) - len(pending), len(units))  # fmt: skip
+        committed = len(units) - len(pending)
+        log.info("resuming run %s: %d of %d batches committed", plan.run_id, committed, len(units))
     if reporter:
         reporter.start(plan.n_rows * len(plan.tasks), done)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prompts") as builder:
@@ -386,6 +394,7 @@ def _score_and_commit(
             frame = ok_rows.with_columns(run_id=pl.lit(plan.run_id))
             results.append(_conform(frame, dry_run_schema(task, ids)))
             scored_users = ok_rows.height
+            stats["prompts"] += ok_rows.height
         else:
             scorer = scorers[task]
             tokens_before = scorer.prompt_tokens
@@ -572,10 +581,8 @@ def _task_counts(plan: Plan, records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _concat(parts: list[Path], schema: pl.Schema, path: Path) -> None:
-    frame = (
-        pl.scan_parquet(parts) if parts else pl.LazyFrame(schema=schema)
-    )  # no batches: an empty shard still gets its (empty) files
-    write_parquet_atomic(frame, path)
+    # No batches (an empty shard) still gives the files, empty, with their columns.
+    concat_parquet_atomic(parts, path, pl.DataFrame(schema=schema))
 
 
 def _public_config(config: JobConfig) -> dict[str, Any]:

@@ -43,7 +43,9 @@ class Rates:
 
     def text(self) -> str:
         seconds = max(time.monotonic() - self.started, 1e-9)
-        return f"{self.prompts / seconds:,.1f} prompts/s, {self.tokens / seconds:,.0f} tokens/s"
+        text = f"{self.prompts / seconds:,.1f} prompts/s"
+        # A dry run builds prompts without tokenizing them.
+        return text + f", {self.tokens / seconds:,.0f} tokens/s" if self.tokens else text
 
 
 class RichReporter:

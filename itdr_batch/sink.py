@@ -32,3 +32,20 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def concat_parquet_atomic(parts: list[Path], path: Path, empty: pl.DataFrame) -> None:
+    """The parts (same schema) as one file, one row group per part, read one part at a time, so
+    memory follows the largest part, not the total; ``empty`` (the schema) when there are none."""
+    if not parts:
+        write_parquet_atomic(empty, path)
+        return
+    import pyarrow.parquet as pq
+
+    def write(tmp: Path) -> None:
+        schema = pq.read_schema(parts[0])
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for part in parts:
+                writer.write_table(pq.read_table(part, schema=schema))
+
+    write_atomic(path, write)

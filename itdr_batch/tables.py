@@ -113,7 +113,11 @@ def validate(frame: pl.LazyFrame, schema: TableSchema, source: str) -> pl.LazyFr
     problems = _failed_checks(checked, checks, _key_columns(schema, present))
     if problems:
         raise TableError(source, problems)
-    return frame.with_columns(expr.alias(name) for name, expr in casts.items())
+    # Columns already canonical stay untouched (a cast to the same dtype changes nothing), so
+    # that filters on them reach the Parquet scan: a batch then reads only its users' rows.
+    converted = frame.select(expr.alias(name) for name, expr in casts.items()).collect_schema()
+    changed = {n: e for n, e in casts.items() if converted[n] != present[n]}
+    return frame.with_columns(expr.alias(name) for name, expr in changed.items())
 
 
 def _canonical(name: str) -> str:

@@ -450,3 +450,38 @@ def test_demo_runs_offline_on_a_trained_tokenizer(
     again = cli.invoke(app, ["demo", "--out", "demo", "--engine", "hf"])
     assert again.exit_code == 0
     assert "already complete" in again.output
+
+
+def test_results_read_back_with_duckdb(reference: Path) -> None:
+    """The README's DuckDB queries, on a real run."""
+    import duckdb
+
+    tkr, rejects = reference / "tkr.parquet", reference / "rejects.parquet"
+    top = duckdb.sql(
+        f"SELECT user_id, item_id, score, prob FROM '{tkr}' WHERE rank <= 3 ORDER BY user_id, rank"
+    ).fetchall()
+    assert len(top) == 3 * JOB_USERS
+    assert all(0 < prob <= 1 for *_, prob in top)
+    reasons = duckdb.sql(f"SELECT task, reason, count(*) FROM '{rejects}' GROUP BY ALL").fetchall()
+    assert {task for task, _, _ in reasons} <= {"uap"}
+
+
+def test_bench_job_measures_peak_memory_per_shard_size(
+    cli: CliRunner, shared_data: Path, tmp_path: Path
+) -> None:
+    result = cli.invoke(
+        app,
+        [
+            "bench", "job", "--size", "40", "--size", "20", "--batch-size", "8",
+            "--data", str(shared_data / "movielens-latest-small"),
+            "--workdir", str(tmp_path / "work"), "--json", str(tmp_path / "job.json"),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    figures = json.loads((tmp_path / "job.json").read_text())
+    assert figures["interactions_rows"] == 100_836
+    assert set(figures["peak_rss_mb"]) == {"20", "40"}
+    assert all(mb > 0 for mb in figures["peak_rss_mb"].values())
+    assert figures["rss_ratio_largest_to_smallest"] > 0
+    prompts = pl.read_parquet(tmp_path / "work" / "run-40" / "tkr.parquet")
+    assert prompts.height == 40

@@ -9,7 +9,6 @@ before each timing. The same likelihood scores from both engines give their larg
 difference. The tiny model is untrained: these figures are throughput, never quality.
 """
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -75,11 +74,6 @@ def run(users: int, source: Path, tokenizer_dir: Path, workdir: Path, engines: l
     figures["agreement"] = {"max_abs_logprob_diff": diff, "dtype": "float32"}
     figures["likelihood_over_prefill_goal"] = LIKELIHOOD_OVER_PREFILL_GOAL
     return figures
-
-
-def write(figures: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 def _rows(source: Path, users: int, task: Task) -> list[Row]:
