@@ -457,12 +457,14 @@ def test_results_read_back_with_duckdb(reference: Path) -> None:
     import duckdb
 
     tkr, rejects = reference / "tkr.parquet", reference / "rejects.parquet"
-    top = duckdb.sql(
+    top = duckdb.execute(
         f"SELECT user_id, item_id, score, prob FROM '{tkr}' WHERE rank <= 3 ORDER BY user_id, rank"
     ).fetchall()
     assert len(top) == 3 * JOB_USERS
     assert all(0 < prob <= 1 for *_, prob in top)
-    reasons = duckdb.sql(f"SELECT task, reason, count(*) FROM '{rejects}' GROUP BY ALL").fetchall()
+    reasons = duckdb.execute(
+        f"SELECT task, reason, count(*) FROM '{rejects}' GROUP BY ALL"
+    ).fetchall()
     assert {task for task, _, _ in reasons} <= {"uap"}
 
 
