@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from itdr_batch.chat import CHAT_FORMATS, ChatFormat
-from itdr_batch.engines.config import AdapterSpec, DType, EngineConfig, EngineOptions
+from itdr_batch.engines.config import Adapters, DType, EngineConfig, EngineOptions
 from itdr_batch.prompts import PromptConfig
 from itdr_batch.scoring import MODES, Mode, ScoringConfig
 from itdr_batch.tasks import DOMAINS, RANKING_TASKS, Task
@@ -126,7 +126,7 @@ class JobConfig(Section):
     data: DataConfig
     model: ModelConfig
     prompts: PromptsConfig = PromptsConfig()
-    adapters: tuple[AdapterSpec, ...] = ()
+    adapters: Adapters = ()
     engine: EngineOptions = EngineOptions()
     scoring: ScoringSection = ScoringSection()
     output: OutputConfig = OutputConfig()
@@ -148,14 +148,6 @@ class JobConfig(Section):
         ):
             raise ValueError("task cdr needs prompts.source_domain and prompts.target_domain")
         return self
-
-    @field_validator("adapters")
-    @classmethod
-    def _unique_names(cls, adapters: tuple[AdapterSpec, ...]) -> tuple[AdapterSpec, ...]:
-        names = [a.name for a in adapters]
-        if dupes := sorted({n for n in names if names.count(n) > 1}):
-            raise ValueError(f"adapter names must be unique; repeated: {', '.join(dupes)}")
-        return adapters
 
     def mode(self, task: Task) -> Mode:
         return self.scoring.modes.get(task) or self.scoring.mode or DEFAULT_MODES[task]

@@ -1,9 +1,9 @@
 """Engine settings, validated by pydantic: a wrong key or value names itself and what is allowed."""
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 EngineKind = Literal["auto", "vllm", "hf"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
@@ -16,6 +16,17 @@ class AdapterSpec(BaseModel):
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     path: Path
+
+
+def _unique_names(adapters: tuple[AdapterSpec, ...]) -> tuple[AdapterSpec, ...]:
+    names = [a.name for a in adapters]
+    if dupes := sorted({n for n in names if names.count(n) > 1}):
+        raise ValueError(f"adapter names must be unique; repeated: {', '.join(dupes)}")
+    return adapters
+
+
+# Adapters by name: the results and the engines tell them apart by it.
+Adapters = Annotated[tuple[AdapterSpec, ...], AfterValidator(_unique_names)]
 
 
 class EngineOptions(BaseModel):
@@ -51,16 +62,8 @@ class EngineConfig(EngineOptions):
     """The options plus the model, its adapters and what loading them may do."""
 
     model: Path
-    adapters: tuple[AdapterSpec, ...] = ()
+    adapters: Adapters = ()
     dtype: DType = "auto"
     seed: int = 0
     allow_pickle: bool = False
     trust_remote_code: bool = False
-
-    @field_validator("adapters")
-    @classmethod
-    def _unique_names(cls, adapters: tuple[AdapterSpec, ...]) -> tuple[AdapterSpec, ...]:
-        names = [a.name for a in adapters]
-        if dupes := sorted({n for n in names if names.count(n) > 1}):
-            raise ValueError(f"adapter names must be unique; repeated: {', '.join(dupes)}")
-        return adapters
