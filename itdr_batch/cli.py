@@ -267,6 +267,22 @@ def bench_engines(
 
 
 @app.command()
+def shard(
+    users: Annotated[Path, typer.Option(help="Users table (Parquet) to split.")],
+    shards: Annotated[int, typer.Option(help="How many shards.")],
+    out: Annotated[Path, typer.Option(help="Folder for shard-NNNNN-of-NNNNN.parquet.")],
+) -> None:
+    """Split users by the stable hash of their id: any shard count gives the same rows."""
+    from itdr_batch.shard import split_users
+
+    try:
+        paths = split_users(users, shards, out)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    console.print(f"{len(paths)} shards written to {escape(str(out))}/", highlight=False)
+
+
+@app.command()
 def score(
     users: Annotated[Path, typer.Option(help="Users shard (Parquet; TUI: a shard of item_id).")],
     config: Annotated[Path | None, typer.Option(help="Job configuration (TOML).")] = None,

@@ -1,0 +1,202 @@
+"""The nightly scoring flow: shard the users, score every shard on Ray, publish a summary.
+
+It lives in the package (``flows/`` holds the deployment entry points) because Ray workers must
+import the tasks they run. Thin by design: splitting is ``itdr_batch.shard.split_users``
+(``itdr-batch shard``) and each shard runs ``itdr_batch.job.run_job``, the very code behind
+``itdr-batch score``. So a shard's folder is an ordinary run folder (results, rejects,
+manifest) and a complete one is skipped.
+
+Shards run as Prefect tasks on a Ray cluster through prefect-ray's ``RayTaskRunner``: the address
+comes from the parameters (a local cluster when none is given), each task asks Ray for one GPU on
+GPU clusters and ``cpus_per_shard`` CPUs otherwise, and at most ``gpu_slots`` shards run at once.
+"""
+
+import os
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.futures import PrefectFuture
+from prefect.runtime import flow_run
+from prefect.tasks import exponential_backoff
+
+from itdr_batch.config import load_config
+from itdr_batch.evaluate import evaluate
+from itdr_batch.job import EngineCrashed, run_job
+from itdr_batch.progress import LogReporter
+from itdr_batch.shard import split_users
+from itdr_batch.sink import write_json_atomic
+
+
+def transient(_task: Any, _run: Any, state: Any) -> bool:
+    """Retry what may pass (a crashed engine, I/O); bad input (ValueError) fails at once."""
+    try:
+        state.result()
+    except (EngineCrashed, OSError, RuntimeError):
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(retries=3, retry_condition_fn=transient, persist_result=False)
+def score_shard(config: str, shard: str, out: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """One shard through the score job; a complete run is reported as skipped."""
+    logger = get_run_logger()
+    job = load_config(Path(config), overrides)
+    result = run_job(job, Path(shard), Path(out), reporter=LogReporter(logger))
+    outcome = "already complete, skipped" if result.skipped else "done"
+    logger.info("%s: run %s %s", shard, result.manifest["run_id"], outcome)
+    return {"shard": shard, "out": out, "skipped": result.skipped, "manifest": result.manifest}
+
+
+@flow(name="itdr-score-shards")
+def score_shards(
+    config: str,
+    shards: list[str],
+    out: str,
+    overrides: dict[str, Any],
+    gpu_slots: int,
+    cpus_per_shard: float,
+    retry_delay_s: float,
+) -> list[dict[str, Any]]:
+    """Every shard as a task, at most ``gpu_slots`` at a time, in shard order."""
+    import ray
+    from prefect_ray.context import remote_options
+
+    gpus = ray.cluster_resources().get("GPU")  # type: ignore[no-untyped-call]
+    resources: dict[str, float] = {"num_gpus": 1} if gpus else {"num_cpus": cpus_per_shard}
+    scorer = score_shard.with_options(retry_delay_seconds=exponential_backoff(retry_delay_s))
+    running: list[PrefectFuture[dict[str, Any]]] = []
+    done: list[dict[str, Any]] = []
+    for shard in shards:
+        if len(running) == gpu_slots:
+            done.append(running.pop(0).result())
+        with remote_options(**resources):
+            running.append(
+                scorer.submit(config, shard, str(Path(out) / Path(shard).stem), overrides)
+            )
+    done += [future.result() for future in running]
+    return done
+
+
+@flow(name="itdr-nightly")
+def nightly(
+    config: str,
+    users: str,
+    out: str = "out/nightly",
+    night: str | None = None,
+    shards: int = 4,
+    gpu_slots: int = 1,
+    ray_address: str | None = None,
+    cpus_per_shard: float = 1.0,
+    retry_delay_s: float = 30.0,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Shard ``users`` and score each shard into ``out/NIGHT/shard-*``; publish the summary.
+
+    ``night`` (default: the UTC date the flow run was scheduled for) names the night's folder, so
+    each night is a run of its own while a retried or rerun night finds its finished shards.
+    """
+    logger = get_run_logger()
+    night = night or flow_run.scheduled_start_time.astimezone(UTC).date().isoformat()
+    folder = (Path(out) / night).resolve()  # Ray workers need not share our working directory
+    paths = split_users(Path(users), shards, folder / "shards")
+    logger.info("%s: %d shards under %s/shards", users, len(paths), folder)
+    runner = _ray_runner(ray_address)
+    results = score_shards.with_options(task_runner=runner)(
+        config=str(Path(config).resolve()),
+        shards=[str(p) for p in paths],
+        out=str(folder),
+        overrides=overrides or {},
+        gpu_slots=gpu_slots,
+        cpus_per_shard=cpus_per_shard,
+        retry_delay_s=retry_delay_s,
+    )
+    summary = {"night": night, "out": str(folder), **_summary(results)}
+    write_json_atomic(summary, folder / "_summary.json")
+    _publish(summary, results)
+    return summary
+
+
+def _ray_runner(address: str | None) -> Any:
+    """prefect-ray's task runner on the cluster at ``address``, or on a local one."""
+    # Read when Ray is imported: under `uv run`, Ray would start every worker with `uv run` in a
+    # packaged copy of the working directory, rebuilding the extension per worker (they hung
+    # here). Workers need this interpreter and its installed package, nothing more.
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    from prefect_ray import RayTaskRunner
+
+    return RayTaskRunner(
+        address=address, init_kwargs=None if address else {"include_dashboard": False}
+    )
+
+
+def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    shards = []
+    for result in results:
+        manifest = result["manifest"]
+        shards.append(
+            {
+                "shard": Path(result["shard"]).stem,
+                "out": result["out"],
+                "run_id": manifest["run_id"],
+                "skipped": result["skipped"],
+                "rows": manifest["counts"]["rows"],
+                "tasks": manifest["counts"]["tasks"],
+                "prompts_per_s": manifest["throughput"]["prompts_per_s"],
+                "prompt_tokens_per_s": manifest["throughput"]["prompt_tokens_per_s"],
+                "evaluation": manifest["config"]["prompts"]["evaluation"],
+            }
+        )
+    return {"rows": sum(s["rows"] for s in shards), "shards": shards}
+
+
+def _publish(summary: dict[str, Any], results: list[dict[str, Any]]) -> None:
+    """Per-shard counts, throughput and rejects; evaluation metrics in evaluation runs."""
+    table = []
+    for shard in summary["shards"]:
+        for task_name, adapters in shard["tasks"].items():
+            for adapter, counts in adapters.items():
+                table.append(
+                    {
+                        "shard": shard["shard"],
+                        "task": task_name,
+                        "adapter": adapter,
+                        "rows": shard["rows"],
+                        "scored": counts["scored"],
+                        "rejected": counts["rejected"],
+                        "reasons": ", ".join(f"{r}: {n}" for r, n in counts["reasons"].items()),
+                        "prompts_per_s": shard["prompts_per_s"],
+                        "skipped": shard["skipped"],
+                    }
+                )
+    create_table_artifact(table, key="itdr-nightly-shards", description="Shards of the run")
+    lines = []
+    for result, shard in zip(results, summary["shards"], strict=True):
+        if not shard["evaluation"]:
+            continue
+        metrics = evaluate(Path(result["out"]))
+        for task_name, groups in metrics["tasks"].items():
+            for adapter, group in groups.items():
+                for metric, value in (group["metrics"]["model"] or {}).items():
+                    random = (group["metrics"]["random"] or {}).get(metric)
+                    popular = (group["metrics"]["popularity"] or {}).get(metric)
+                    lines.append(
+                        f"| {shard['shard']} | {task_name} | {adapter} | {metric} | "
+                        f"{_cell(value)} | {_cell(random)} | {_cell(popular)} |"
+                    )
+    if lines:
+        header = [
+            "| shard | task | adapter | metric | model | random | popularity |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        create_markdown_artifact(
+            "\n".join([*header, *lines]), key="itdr-nightly-evaluation", description="Evaluation"
+        )
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
