@@ -11,7 +11,6 @@ comes from the parameters (a local cluster when none is given), each task asks R
 GPU clusters and ``cpus_per_shard`` CPUs otherwise, and at most ``gpu_slots`` shards run at once.
 """
 
-import os
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -123,10 +122,7 @@ def nightly(
 
 def _ray_runner(address: str | None) -> Any:
     """prefect-ray's task runner on the cluster at ``address``, or on a local one."""
-    # Read when Ray is imported: under `uv run`, Ray would start every worker with `uv run` in a
-    # packaged copy of the working directory, rebuilding the extension per worker (they hung
-    # here). Workers need this interpreter and its installed package, nothing more.
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    # itdr_batch/__init__.py keeps Ray from building a `uv run` environment per worker.
     from prefect_ray import RayTaskRunner
 
     return RayTaskRunner(
