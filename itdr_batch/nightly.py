@@ -116,7 +116,7 @@ def nightly(
     )
     summary = {"night": night, "out": str(folder), **_summary(results)}
     write_json_atomic(summary, folder / "_summary.json")
-    _publish(summary, results)
+    _publish(summary)
     return summary
 
 
@@ -150,7 +150,7 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
     return {"rows": sum(s["rows"] for s in shards), "shards": shards}
 
 
-def _publish(summary: dict[str, Any], results: list[dict[str, Any]]) -> None:
+def _publish(summary: dict[str, Any]) -> None:
     """Per-shard counts, throughput and rejects; evaluation metrics in evaluation runs."""
     table = []
     for shard in summary["shards"]:
@@ -171,10 +171,10 @@ def _publish(summary: dict[str, Any], results: list[dict[str, Any]]) -> None:
                 )
     create_table_artifact(table, key="itdr-nightly-shards", description="Shards of the run")
     lines = []
-    for result, shard in zip(results, summary["shards"], strict=True):
+    for shard in summary["shards"]:
         if not shard["evaluation"]:
             continue
-        metrics = evaluate(Path(result["out"]))
+        metrics = evaluate(Path(shard["out"]))
         for task_name, groups in metrics["tasks"].items():
             for adapter, group in groups.items():
                 for metric, value in (group["metrics"]["model"] or {}).items():

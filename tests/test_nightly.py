@@ -20,6 +20,7 @@ from polars.testing import assert_frame_equal
 from typer.testing import CliRunner
 
 from itdr_batch.cli import app
+from itdr_batch.ids import stable_hash
 from itdr_batch.shard import split_users
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +58,8 @@ def test_shards_split_by_the_stable_hash(movielens: Canonical, tmp_path: Path) -
     users = pl.read_parquet(movielens.users)
     parts = [pl.read_parquet(p) for p in three]
     assert sorted(pl.concat(parts)["user_id"]) == sorted(users["user_id"])
+    for index, part in enumerate(parts):
+        assert (stable_hash(part["user_id"]) % 3 == index).all()
     cli = CliRunner().invoke(
         app,
         ["shard", "--users", str(movielens.users), "--shards", "3", "--out", str(tmp_path / "cli")],
