@@ -3,7 +3,7 @@
 The model has Qwen2.5-7B's exact configuration with random weights (nothing to download), in
 bfloat16 on one GPU. Prompts are random token ids. The figure is prompt tokens/s through the
 engine's own batching (``next_token_logprobs``: one prefill per prompt), base and with a rank-8
-LoRA on every linear layer, against the H100 roofline of DESIGN.md §6 (~75k tokens/s: 13.3
+LoRA on every linear layer, against the H100 roofline (~75k tokens/s: 13.3
 GFLOP/token at 989 TFLOP/s). Usage, on a machine with a GPU::
 
     uv run --extra gpu python benchmarks/gpu_prefill.py --json benchmarks/results/gpu_prefill.json

@@ -1,35 +1,40 @@
-"""The ``itdr-batch`` command line (Typer): every command calls the same job code as the flows."""
+"""The ``itdr-batch`` command line (Typer): every command calls the same job code as the flows.
+
+Errors are handled in one place (``_Commands``): bad input or configuration (an ``ItdrError``)
+prints its message and exits with status 2, a crashed engine exits with status 1, and anything
+else is a bug and keeps its traceback.
+"""
 
 import logging
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table as RichTable
+from typer.core import TyperGroup
 
-from itdr_batch.config import load_config, parse_override
+from itdr_batch.bench.cli import app as bench_app
 from itdr_batch.datasets import (
     SAMPLE,
     Ingested,
-    IngestError,
     Summary,
     read_amazon2018,
     read_movielens,
     read_recbole,
     write_canonical,
 )
-from itdr_batch.job import EngineCrashed, JobResult, run_job
-from itdr_batch.progress import LogReporter, Reporter, RichReporter
-from itdr_batch.prompts import PromptConfig, build_prompts
-from itdr_batch.scoring import Mode
-from itdr_batch.sink import write_json_atomic
-from itdr_batch.tables import TableError, load_interactions, load_items, load_users
-from itdr_batch.tasks import DOMAINS, Task
+from itdr_batch.errors import ItdrError
+from itdr_batch.prompts.build import PromptConfig, build_prompts
+from itdr_batch.prompts.templates import DOMAINS
+from itdr_batch.run import EngineCrashed, JobResult, load_config, parse_override, run_job
+from itdr_batch.run.progress import LogReporter, Reporter, RichReporter
+from itdr_batch.tables.load import load_interactions, load_items, load_users
+from itdr_batch.tasks import Mode, Task, spec
 
 
 class Engine(StrEnum):
@@ -43,14 +48,32 @@ class Strategy(StrEnum):
     popularity = "popularity"
 
 
-app = typer.Typer(no_args_is_help=True, help="Offline batch scoring of LLM recommenders (ITDR).")
-ingest = typer.Typer(no_args_is_help=True, help="Turn a public dataset into canonical Parquet.")
-app.add_typer(ingest, name="ingest")
-bench = typer.Typer(no_args_is_help=True, help="Benchmarks: figures and ratios, written as JSON.")
-app.add_typer(bench, name="bench")
-
 console = Console()
 errors = Console(stderr=True)
+
+
+class _Commands(TyperGroup):
+    """The root command group: the one place where errors become exit statuses."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's vendored click.Context
+        try:
+            return super().invoke(ctx)
+        except EngineCrashed as exc:
+            errors.print(f"[bold red]engine failure:[/] {escape(str(exc))}", highlight=False)
+            raise typer.Exit(1) from exc
+        except ItdrError as exc:
+            errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from exc
+
+
+app = typer.Typer(
+    cls=_Commands,
+    no_args_is_help=True,
+    help="Offline batch scoring of LLM recommenders (ITDR).",
+)
+ingest = typer.Typer(no_args_is_help=True, help="Turn a public dataset into canonical Parquet.")
+app.add_typer(ingest, name="ingest")
+app.add_typer(bench_app, name="bench")
 
 
 @app.callback()
@@ -122,30 +145,28 @@ def prompts(
     ] = None,
 ) -> None:
     """Print the first prompts of a shard, to see what the model will see."""
-    try:
-        item_table = load_items(items)
-        interaction_table = load_interactions(interactions, item_table)
-        key = "item_id" if task is Task.TUI else "user_id"
-        if users is None:
-            source = item_table if task is Task.TUI else interaction_table
-            rows = source.frame.select(key).unique(maintain_order=True).head(n).collect()
-        else:
-            rows = load_users(users, item_table).frame.head(n).collect()
-        config = PromptConfig(
-            task=task,
-            domain=domain,
-            chat=chat,
-            history_len=history_len,
-            candidates=candidates,
-            strategy=strategy.value,
-            evaluation=evaluation,
-            seed=seed,
-            item_fields=_field_mapping(field or []),
-        )
-        built = build_prompts(rows, interaction_table.frame, item_table.frame.collect(), config)
-    except (TableError, ValueError) as exc:
-        _fail(exc)
-    for row in built.iter_rows(named=True):
+    item_table = load_items(items)
+    interaction_table = load_interactions(interactions, item_table)
+    key = spec(task).key
+    if users is None:
+        source = interaction_table if key == "user_id" else item_table
+        rows = source.frame.select(key).unique(maintain_order=True).head(n).collect()
+    else:
+        rows = load_users(users, item_table).frame.head(n).collect()
+    config = PromptConfig(
+        task=task,
+        domain=domain,
+        chat=chat,
+        history_len=history_len,
+        candidates=candidates,
+        strategy=strategy.value,
+        evaluation=evaluation,
+        seed=seed,
+        item_fields=_field_mapping(field or []),
+    )
+    built = build_prompts(rows, interaction_table.frame, item_table.frame.collect(), config)
+    shown = built.drop("candidate_titles", strict=False)
+    for row in shown.iter_rows(named=True):
         details = ", ".join(f"{k}={v}" for k, v in row.items() if k not in (key, "prompt"))
         console.rule(f"{key} {row[key]}", style="dim")
         console.print(details, style="dim", markup=False, highlight=False, soft_wrap=True)
@@ -162,110 +183,6 @@ def _field_mapping(pairs: list[str]) -> dict[str, str]:
     return dict(p.split("=", 1) for p in pairs)
 
 
-@bench.command("prompts")
-def bench_prompts(
-    users: Annotated[int, typer.Option(help="Synthetic users (replicated histories).")] = 1_000_000,
-    python_users: Annotated[
-        int, typer.Option(help="Users for the (slow) pure-Python implementation.")
-    ] = 200_000,
-    data: Annotated[
-        Path, typer.Option(help="MovieLens folder whose histories are replicated.")
-    ] = Path("../shared/data/movielens-latest-small"),
-    json_path: Annotated[Path, typer.Option("--json", help="Where the figures go.")] = Path(
-        "benchmarks/results/prompts.json"
-    ),
-) -> None:
-    """Prompt construction: Rust vs pure Python vs Polars vs the memory floor; sampling rate."""
-    from itdr_batch.bench import prompts as bench_module
-
-    source = data if data.is_dir() else SAMPLE
-    if source != data:
-        errors.print(f"{data} not found: replicating the bundled sample instead", highlight=False)
-    figures = bench_module.run(users, python_users, source)
-    write_json_atomic(figures, json_path)
-    table = RichTable(title=f"TKR prompts, {users:,} users, {figures['threads']} threads")
-    for column in ("implementation", "prompts/s", "rust speed-up", "byte-identical"):
-        table.add_column(column, justify="left" if column == "implementation" else "right")
-    rust_rate = figures["prompts_per_s"]["rust"]
-    for name, rate in figures["prompts_per_s"].items():
-        same = figures["byte_identical"].get(name)
-        table.add_row(
-            name,
-            f"{rate:,.0f}",
-            f"{rust_rate / rate:.2f}",
-            "-" if same is None else ("yes" if same else "NO"),
-        )
-    console.print(table)
-    per_core = figures["candidates_per_s_per_core"]
-    console.print(
-        f"sampling: {figures['candidates_per_s']:,.0f} candidates/s ({per_core:,.0f} per core); "
-        f"mean prompt {figures['mean_prompt_bytes']:.0f} B; Polars preparation "
-        f"{figures['prep_s']:.1f} s; targets met: {figures['targets_met']}",
-        highlight=False,
-    )
-    console.print(f"written to {escape(str(json_path))}", highlight=False)
-
-
-@bench.command("engines")
-def bench_engines(
-    users: Annotated[
-        int, typer.Option(help="MovieLens users (one TKR and one RP prompt each).")
-    ] = 48,
-    data: Annotated[Path, typer.Option(help="MovieLens folder the prompts are built from.")] = Path(
-        "../shared/data/movielens-latest-small"
-    ),
-    tokenizer: Annotated[Path, typer.Option(help="Tokenizer folder for the tiny model.")] = Path(
-        "../shared/data/qwen2.5-tokenizer"
-    ),
-    engines: Annotated[list[str], typer.Option("--engine", help="vllm and/or hf.")] = [  # noqa: B006
-        "vllm",
-        "hf",
-    ],
-    workdir: Annotated[Path, typer.Option(help="Where the tiny model is built (cached).")] = Path(
-        "benchmarks/results/tiny"
-    ),
-    json_path: Annotated[Path, typer.Option("--json", help="Where the figures go.")] = Path(
-        "benchmarks/results/engines.json"
-    ),
-) -> None:
-    """Engines x scoring modes on the tiny model: prompts/s, prompt tokens/s, agreement."""
-    from itdr_batch.bench import engines as bench_module
-
-    if unknown := sorted(set(engines) - {"vllm", "hf"}):
-        _fail(ValueError(f"--engine must be vllm or hf, not {', '.join(unknown)}"))
-    if not tokenizer.is_dir():
-        _fail(FileNotFoundError(f"tokenizer folder {tokenizer} not found"))
-    source = data if data.is_dir() else SAMPLE
-    figures = bench_module.run(users, source, tokenizer, workdir, engines)
-    write_json_atomic(figures, json_path)
-    table = RichTable(
-        title=f"{figures['users']} users, mean prompt {figures['mean_prompt_tokens']:.0f} tokens"
-    )
-    for column in ("engine", "mode", "prompts/s", "tokens/s", "base prompts/s"):
-        table.add_column(column, justify="left" if column in ("engine", "mode") else "right")
-    for name, modes in figures["engines"].items():
-        for mode in ("prefill", "likelihood", "label", "generate"):
-            values = modes[mode]
-            table.add_row(
-                name,
-                mode,
-                f"{values['prompts_per_s']:,.1f}",
-                f"{values['tokens_per_s']:,.0f}",
-                f"{values['base']['prompts_per_s']:,.1f}",
-            )
-    console.print(table)
-    for name, modes in figures["engines"].items():
-        console.print(
-            f"{name}: likelihood costs {modes['likelihood_over_prefill']:.2f}x one prefill "
-            f"(goal <= {figures['likelihood_over_prefill_goal']})",
-            highlight=False,
-        )
-    diff = figures["agreement"]["max_abs_logprob_diff"]
-    if diff is not None:
-        console.print(f"vLLM vs transformers: max |logprob diff| {diff:.2e} (float32)")
-    console.print(f"written to {escape(str(json_path))}", highlight=False)
-
-
 @app.command()
 def shard(
     users: Annotated[Path, typer.Option(help="Users table (Parquet) to split.")],
@@ -273,12 +190,9 @@ def shard(
     out: Annotated[Path, typer.Option(help="Folder for shard-NNNNN-of-NNNNN.parquet.")],
 ) -> None:
     """Split users by the stable hash of their id: any shard count gives the same rows."""
-    from itdr_batch.shard import split_users
+    from itdr_batch.tables.shard import split_users
 
-    try:
-        paths = split_users(users, shards, out)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(exc)
+    paths = split_users(users, shards, out)
     console.print(f"{len(paths)} shards written to {escape(str(out))}/", highlight=False)
 
 
@@ -324,16 +238,10 @@ def score(
         "prompts.evaluation": evaluation,
         "seed": seed,
     }
-    try:
-        overrides = {k: v for k, v in flags.items() if v is not None}
-        overrides |= dict(parse_override(pair) for pair in set_ or [])
-        job_config = load_config(config, overrides)
-        result = run_job(job_config, users, out, dry_run=dry_run, reporter=_reporter())
-    except EngineCrashed as exc:
-        errors.print(f"[bold red]engine failure:[/] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(1) from exc
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(exc)
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    overrides |= dict(parse_override(pair) for pair in set_ or [])
+    job_config = load_config(config, overrides)
+    result = run_job(job_config, users, out, dry_run=dry_run, reporter=_reporter())
     print_run(result)
 
 
@@ -345,12 +253,9 @@ def evaluate_run(
     ] = None,
 ) -> None:
     """Ranking, rating and text metrics of a run, next to random and popularity baselines."""
-    from itdr_batch.evaluate import EvaluationError, evaluate, render, write_json
+    from itdr_batch.evaluate import evaluate, render, write_json
 
-    try:
-        result = evaluate(run)
-    except EvaluationError as exc:
-        _fail(exc)
+    result = evaluate(run)
     path = json_path or run / "evaluation.json"
     write_json(result, path)
     console.print(render(result))
@@ -369,7 +274,7 @@ def demo(
     ] = None,
 ) -> None:
     """The whole job on the bundled MovieLens sample with an untrained tiny model, offline."""
-    from itdr_batch.demo import run_demo
+    from itdr_batch.dev.demo import run_demo
     from itdr_batch.evaluate import render
 
     shown = run_demo(out, engine.value, tokenizer, _reporter())
@@ -401,24 +306,22 @@ def print_run(result: JobResult) -> None:
     """Where a run's files are, what they hold, and how fast it went."""
     manifest = result.manifest
     if result.skipped:
-        console.print(f"run {manifest['run_id']} was already complete: nothing to do")
-    table = RichTable(title=f"run {manifest['run_id']} ({manifest['counts']['rows']:,} rows)")
+        console.print(f"run {manifest.run_id} was already complete: nothing to do")
+    table = RichTable(title=f"run {manifest.run_id} ({manifest.counts.rows:,} rows)")
     for column in ("task", "adapter", "scored", "rejected", "reasons"):
         table.add_column(column, justify="right" if column in ("scored", "rejected") else "left")
-    for task_name, adapters in manifest["counts"]["tasks"].items():
+    for task_name, adapters in manifest.counts.tasks.items():
         for name, counts in adapters.items():
-            reasons = ", ".join(f"{r} {n:,}" for r, n in counts["reasons"].items()) or "-"
-            table.add_row(
-                task_name, name, f"{counts['scored']:,}", f"{counts['rejected']:,}", reasons
-            )
+            reasons = ", ".join(f"{r} {n:,}" for r, n in counts.reasons.items()) or "-"
+            table.add_row(task_name, name, f"{counts.scored:,}", f"{counts.rejected:,}", reasons)
     console.print(table)
-    speed = manifest["throughput"]
-    if speed["prompts_per_s"]:
-        line = f"{speed['prompts']:,} prompts, {speed['prompts_per_s']:,.1f} prompts/s"
-        if speed["prompt_tokens_per_s"]:  # a dry run does not tokenize
-            line += f", {speed['prompt_tokens_per_s']:,.0f} prompt tokens/s"
+    speed = manifest.throughput
+    if speed.prompts_per_s:
+        line = f"{speed.prompts:,} prompts, {speed.prompts_per_s:,.1f} prompts/s"
+        if speed.prompt_tokens_per_s:  # a dry run does not tokenize
+            line += f", {speed.prompt_tokens_per_s:,.0f} prompt tokens/s"
         console.print(line, highlight=False)
-    files = ", ".join(manifest["files"].values())
+    files = ", ".join(manifest.files.values())
     console.print(
         f"written to {escape(str(result.out))}/: {files}, _manifest.json", highlight=False
     )
@@ -427,7 +330,7 @@ def print_run(result: JobResult) -> None:
 def _reporter() -> Reporter:
     if errors.is_terminal:
         return RichReporter(errors)
-    return LogReporter(logging.getLogger("itdr_batch.job"))
+    return LogReporter(logging.getLogger("itdr_batch.run.job"))
 
 
 def _adapter(pair: str) -> dict[str, str]:
@@ -437,64 +340,8 @@ def _adapter(pair: str) -> dict[str, str]:
     return {"name": name, "path": path}
 
 
-@bench.command("job")
-def bench_job(
-    sizes: Annotated[
-        list[int] | None,
-        typer.Option("--size", help="Shard sizes (users), repeatable [10k, 100k, 1M]."),
-    ] = None,
-    batch_size: Annotated[int, typer.Option(help="Users per batch.")] = 10_000,
-    data: Annotated[
-        Path, typer.Option(help="MovieLens folder whose histories are replicated.")
-    ] = Path("../shared/data/movielens-latest-small"),
-    workdir: Annotated[Path, typer.Option(help="Where the shards and runs go.")] = Path(
-        "benchmarks/results/job"
-    ),
-    json_path: Annotated[Path, typer.Option("--json", help="Where the figures go.")] = Path(
-        "benchmarks/results/job.json"
-    ),
-) -> None:
-    """Peak RSS of `score --dry-run` over shards of growing size: it should stay flat."""
-    from itdr_batch.bench import job as bench_module
-
-    sizes = sorted(sizes or [10_000, 100_000, 1_000_000])
-    source = data if data.is_dir() else SAMPLE
-    figures = bench_module.run(sizes, batch_size, source, workdir)
-    write_json_atomic(figures, json_path)
-    table = RichTable(
-        title=f"score --dry-run, TKR, batch {batch_size:,}, "
-        f"{figures['interactions_rows']:,} interactions"
-    )
-    for column in ("users", "peak RSS MiB", "seconds", "prompts/s"):
-        table.add_column(column, justify="right")
-    for size in sizes:
-        key = str(size)
-        table.add_row(
-            f"{size:,}",
-            f"{figures['peak_rss_mb'][key]:,.0f}",
-            f"{figures['seconds'][key]:,.1f}",
-            f"{figures['prompts_per_s'][key]:,.0f}",
-        )
-    console.print(table)
-    console.print(
-        f"peak RSS, largest / smallest shard: {figures['rss_ratio_largest_to_smallest']:.2f}x",
-        highlight=False,
-    )
-    console.print(f"written to {escape(str(json_path))}", highlight=False)
-
-
 def _ingest(read: Callable[[], Ingested], out: Path) -> None:
-    try:
-        summary = write_canonical(read(), out)
-    except (IngestError, TableError) as exc:
-        _fail(exc)
-    _print_summary(summary)
-
-
-def _fail(exc: Exception) -> NoReturn:
-    """Bad input ends the command with its message and exit status 2, without a traceback."""
-    errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2) from exc
+    _print_summary(write_canonical(read(), out))
 
 
 def _print_summary(summary: Summary) -> None:

@@ -7,7 +7,6 @@ worst answer (held-out item ranked last, the rating farthest from the truth, no 
 text), and each group reports how many users failed.
 """
 
-import json
 import math
 from collections import Counter
 from collections.abc import Iterator
@@ -29,12 +28,13 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-from itdr_batch.parsing import normalise
-from itdr_batch.scoring import ScoringConfig
-from itdr_batch.sink import write_json_atomic
-from itdr_batch.tasks import RANKING_TASKS, Task
+from itdr_batch.errors import ItdrError
+from itdr_batch.run.folder import MANIFEST
+from itdr_batch.run.manifest import Manifest, ManifestError, read_record
+from itdr_batch.scoring.parsing import normalise
+from itdr_batch.tables.sink import write_json_atomic
+from itdr_batch.tasks import ResultKind, Task, spec
 
-MANIFEST = "_manifest.json"
 BASELINES = ("random", "popularity")
 HIT_KS = (1, 5, 10)
 NDCG_KS = (5, 10)
@@ -46,38 +46,38 @@ Matrix = npt.NDArray[np.float64]
 Metrics = dict[str, float]
 
 
-class EvaluationError(ValueError):
+class EvaluationError(ItdrError):
     """The run directory cannot be evaluated: what is wrong and where."""
 
 
 def evaluate(run_dir: Path) -> dict[str, Any]:
     """Metrics per task and adapter for the model and both baselines (JSON-serialisable)."""
     manifest = _manifest(run_dir)
-    config = manifest.get("config", {})
-    seed = int(config.get("seed", 0))
-    key = str(manifest.get("key", "user_id"))
-    interactions = _Interactions(config.get("data", {}).get("interactions"))
+    config = manifest.config
+    key = manifest.key
+    interactions = _Interactions(str(config.data.interactions))
     tasks: dict[str, Any] = {}
     for task, path in _task_files(run_dir, manifest):
         frame = pl.read_parquet(path)
+        result = spec(task).result
         groups: dict[str, Any] = {}
         for adapter, group in _by_adapter(frame, key):
-            if task in RANKING_TASKS:
-                groups[adapter] = _ranking(group, key, path, interactions.counts(), seed)
-            elif task is Task.RP:
-                scale = config.get("scoring", {}).get("rating_scale", ScoringConfig.rating_scale)
-                groups[adapter] = _rating(group, interactions.ratings(), scale, seed)
-            elif task is Task.UAP:
-                groups[adapter] = _attributes(group, seed)
+            if result is ResultKind.RANKING:
+                groups[adapter] = _ranking(group, key, path, interactions.counts(), config.seed)
+            elif result is ResultKind.RATING:
+                scale = config.scoring.rating_scale
+                groups[adapter] = _rating(group, interactions.ratings(), scale, config.seed)
+            elif result is ResultKind.ATTRIBUTES:
+                groups[adapter] = _attributes(group, config.seed)
             else:
                 groups[adapter] = _text(group)
         # Rows the job rejected (no prompt, engine failure, unparsable output) are not in the
         # task's file: their count says how much of the shard the metrics cover.
-        counts = manifest.get("counts", {}).get("tasks", {}).get(task.value, {})
+        counts = manifest.counts.tasks.get(task.value, {})
         for adapter, group in groups.items():
-            group["rejected"] = counts.get(adapter, {}).get("rejected", 0)
+            group["rejected"] = counts[adapter].rejected if adapter in counts else 0
         tasks[task.value] = groups
-    return {"run_id": manifest.get("run_id"), "tasks": tasks, "note": _note(manifest, tasks)}
+    return {"run_id": manifest.run_id, "tasks": tasks, "note": _note(manifest, tasks)}
 
 
 def write_json(result: dict[str, Any], path: Path) -> None:
@@ -102,24 +102,21 @@ def render(result: dict[str, Any]) -> Table:
     return table
 
 
-def _manifest(run_dir: Path) -> dict[str, Any]:
+def _manifest(run_dir: Path) -> Manifest:
     path = run_dir / MANIFEST
     if not path.is_file():
         raise EvaluationError(f"{run_dir} has no {MANIFEST}: not a run directory")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise EvaluationError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(manifest, dict):
-        raise EvaluationError(f"{path} does not hold a JSON object")
-    if manifest.get("status") != "complete":
+        manifest = read_record(path, Manifest)
+    except ManifestError as exc:
+        raise EvaluationError(str(exc)) from exc
+    if manifest.status != "complete":
         raise EvaluationError(
-            f"{path}: run status is {manifest.get('status')!r}, not 'complete'; "
-            "evaluate a finished run"
+            f"{path}: run status is {manifest.status!r}, not 'complete'; evaluate a finished run"
         )
-    if manifest.get("dry_run"):
+    if manifest.dry_run:
         raise EvaluationError(f"{path}: a dry run holds prompts, not scores")
-    if not manifest.get("config", {}).get("prompts", {}).get("evaluation", False):
+    if not manifest.config.prompts.evaluation:
         raise EvaluationError(
             f"{path}: not an evaluation-mode run (config.prompts.evaluation is false), "
             "so it has no held-out labels"
@@ -127,20 +124,15 @@ def _manifest(run_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def _task_files(run_dir: Path, manifest: dict[str, Any]) -> Iterator[tuple[Task, Path]]:
+def _task_files(run_dir: Path, manifest: Manifest) -> Iterator[tuple[Task, Path]]:
     """Each task the run scored with its result file; a task without its file is an error."""
-    files: dict[str, str] = manifest.get("files", {})
-    names = {t.value for t in Task}
-    tasks = manifest["config"]["prompts"].get("tasks") or [t for t in files if t in names]
-    for name in tasks:
-        if name not in names:
-            raise EvaluationError(f"{run_dir / MANIFEST}: unknown task {name!r}")
-        if name not in files:
-            raise EvaluationError(f"{run_dir / MANIFEST}: no entry in files for task {name!r}")
-        path = run_dir / files[name]
+    for task in manifest.config.prompts.tasks:
+        if task.value not in manifest.files:
+            raise EvaluationError(f"{run_dir / MANIFEST}: no entry in files for task {task!r}")
+        path = run_dir / manifest.files[task.value]
         if not path.is_file():
-            raise EvaluationError(f"missing result file for task {name!r}: {path}")
-        yield Task(name), path
+            raise EvaluationError(f"missing result file for task {task.value!r}: {path}")
+        yield task, path
 
 
 def _by_adapter(frame: pl.DataFrame, key: str) -> Iterator[tuple[str, pl.DataFrame]]:
@@ -403,18 +395,17 @@ def _empty(users: int = 0) -> dict[str, Any]:
     }
 
 
-def _note(manifest: dict[str, Any], tasks: dict[str, Any]) -> str:
+def _note(manifest: Manifest, tasks: dict[str, Any]) -> str:
     sentences = [
         "random and popularity are baselines on the same users and candidates; failed model "
         "outputs count as the worst answer."
     ]
-    text_tasks = sorted(t for t in tasks if t in (Task.IR, Task.TUI))
+    text_tasks = sorted(t for t in tasks if not spec(t).has_baselines)
     if text_tasks:
         sentences.append(
             f"{', '.join(text_tasks)}: no baselines (null), as free text has no candidates."
         )
-    model = manifest.get("model")
-    if isinstance(model, dict) and model.get("untrained"):
+    if manifest.model is not None and manifest.model.untrained:
         sentences.append(
             "The model is untrained: its metrics show the pipeline working, not model quality."
         )

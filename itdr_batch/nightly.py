@@ -1,8 +1,8 @@
 """The nightly scoring flow: shard the users, score every shard on Ray, publish a summary.
 
 It lives in the package (``flows/`` holds the deployment entry points) because Ray workers must
-import the tasks they run. Thin by design: splitting is ``itdr_batch.shard.split_users``
-(``itdr-batch shard``) and each shard runs ``itdr_batch.job.run_job``, the very code behind
+import the tasks they run. Thin by design: splitting is ``itdr_batch.tables.shard.split_users``
+(``itdr-batch shard``) and each shard runs ``itdr_batch.run.job.run_job``, the very code behind
 ``itdr-batch score``. So a shard's folder is an ordinary run folder (results, rejects,
 manifest) and a complete one is skipped.
 
@@ -11,6 +11,7 @@ comes from the parameters (a local cluster when none is given), each task asks R
 GPU clusters and ``cpus_per_shard`` CPUs otherwise, and at most ``gpu_slots`` shards run at once.
 """
 
+from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -21,34 +22,42 @@ from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
-from itdr_batch.config import load_config
 from itdr_batch.evaluate import evaluate
-from itdr_batch.job import EngineCrashed, run_job
-from itdr_batch.progress import LogReporter
-from itdr_batch.shard import split_users
-from itdr_batch.sink import write_json_atomic
+from itdr_batch.run import EngineCrashed, Manifest, load_config, run_job
+from itdr_batch.run.progress import LogReporter
+from itdr_batch.tables.shard import split_users
+from itdr_batch.tables.sink import write_json_atomic
 
 
 def transient(_task: Any, _run: Any, state: Any) -> bool:
-    """Retry what may pass (a crashed engine, I/O); bad input (ValueError) fails at once."""
+    """Retry what may pass: a crashed engine, I/O. Bad input (an ``ItdrError``) and bugs (an
+    accounting error, anything else) fail at once."""
     try:
         state.result()
-    except (EngineCrashed, OSError, RuntimeError):
+    except (EngineCrashed, OSError):
         return True
     except Exception:
         return False
     return False
 
 
+@dataclass(frozen=True)
+class ShardResult:
+    shard: str
+    out: str
+    skipped: bool
+    manifest: Manifest
+
+
 @task(retries=3, retry_condition_fn=transient, persist_result=False)
-def score_shard(config: str, shard: str, out: str, overrides: dict[str, Any]) -> dict[str, Any]:
+def score_shard(config: str, shard: str, out: str, overrides: dict[str, Any]) -> ShardResult:
     """One shard through the score job; a complete run is reported as skipped."""
     logger = get_run_logger()
     job = load_config(Path(config), overrides)
     result = run_job(job, Path(shard), Path(out), reporter=LogReporter(logger))
     outcome = "already complete, skipped" if result.skipped else "done"
-    logger.info("%s: run %s %s", shard, result.manifest["run_id"], outcome)
-    return {"shard": shard, "out": out, "skipped": result.skipped, "manifest": result.manifest}
+    logger.info("%s: run %s %s", shard, result.manifest.run_id, outcome)
+    return ShardResult(shard, out, result.skipped, result.manifest)
 
 
 @flow(name="itdr-score-shards")
@@ -60,7 +69,7 @@ def score_shards(
     gpu_slots: int,
     cpus_per_shard: float,
     retry_delay_s: float,
-) -> list[dict[str, Any]]:
+) -> list[ShardResult]:
     """Every shard as a task, at most ``gpu_slots`` at a time, in shard order."""
     import ray
     from prefect_ray.context import remote_options
@@ -68,8 +77,8 @@ def score_shards(
     gpus = ray.cluster_resources().get("GPU")  # type: ignore[no-untyped-call]
     resources: dict[str, float] = {"num_gpus": 1} if gpus else {"num_cpus": cpus_per_shard}
     scorer = score_shard.with_options(retry_delay_seconds=exponential_backoff(retry_delay_s))
-    running: list[PrefectFuture[dict[str, Any]]] = []
-    done: list[dict[str, Any]] = []
+    running: list[PrefectFuture[ShardResult]] = []
+    done: list[ShardResult] = []
     for shard in shards:
         if len(running) == gpu_slots:
             done.append(running.pop(0).result())
@@ -130,21 +139,21 @@ def _ray_runner(address: str | None) -> Any:
     )
 
 
-def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+def _summary(results: list[ShardResult]) -> dict[str, Any]:
     shards = []
     for result in results:
-        manifest = result["manifest"]
+        manifest = result.manifest
         shards.append(
             {
-                "shard": Path(result["shard"]).stem,
-                "out": result["out"],
-                "run_id": manifest["run_id"],
-                "skipped": result["skipped"],
-                "rows": manifest["counts"]["rows"],
-                "tasks": manifest["counts"]["tasks"],
-                "prompts_per_s": manifest["throughput"]["prompts_per_s"],
-                "prompt_tokens_per_s": manifest["throughput"]["prompt_tokens_per_s"],
-                "evaluation": manifest["config"]["prompts"]["evaluation"],
+                "shard": Path(result.shard).stem,
+                "out": result.out,
+                "run_id": manifest.run_id,
+                "skipped": result.skipped,
+                "rows": manifest.counts.rows,
+                "tasks": manifest.counts.dump()["tasks"],
+                "prompts_per_s": manifest.throughput.prompts_per_s,
+                "prompt_tokens_per_s": manifest.throughput.prompt_tokens_per_s,
+                "evaluation": manifest.config.prompts.evaluation,
             }
         )
     return {"rows": sum(s["rows"] for s in shards), "shards": shards}

@@ -1,16 +1,15 @@
-"""ITDR's seven subtasks: their Task Descriptions and Input templates, and the domain nouns.
+"""The task table: every per-task rule in one place, read by every stage.
 
-The texts follow the dataset's instances (``shared/data/itdr-samples``). An Input template holds
-two kinds of placeholders: domain words (``{item}``, ``{items}``, ``{past}``, ...) and list slots
-(``{history}``, ``{candidates}``, ...). Each slot renders a list of entries with an entry format
-(``{index}. {title}``; fields are ``index``, ``rating``, ``text`` and any item field such as
-``title`` or ``genres``) joined by a separator, or as a Python list literal when the separator is
-None. Every part is overridable: pass your own ``Domain`` or ``TaskTemplate``.
+ITDR has seven subtasks. What differs between them (which id a shard row holds, what a result
+row looks like, which scoring modes apply, what evaluation holds out, which columns the data needs,
+how many tokens a generated answer may take) is declared once here, in ``TASKS``. Adding a task is
+a row here plus its template in ``itdr_batch.prompts.templates``.
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from enum import StrEnum
+from types import MappingProxyType
 
 
 class Task(StrEnum):
@@ -23,179 +22,124 @@ class Task(StrEnum):
     TUI = "tui"
 
 
-# Tasks whose rows carry sampled candidates, and those whose rows are items rather than users.
-RANKING_TASKS = frozenset({Task.TKR, Task.CDR, Task.NIR})
+class Mode(StrEnum):
+    """How a prompt is scored (README, "Engines and scoring modes")."""
+
+    GENERATE = "generate"
+    LIKELIHOOD = "likelihood"
+    LABEL = "label"
+
+
+class ResultKind(StrEnum):
+    """The shape of a task's result rows (README, "Results")."""
+
+    # One row per (row, candidate): rank, score, prob.
+    RANKING = "ranking"
+    # One row per row: a rating of its target item.
+    RATING = "rating"
+    # One row per row: generated ``key:value`` attributes.
+    ATTRIBUTES = "attributes"
+    # One row per row: generated free text.
+    TEXT = "text"
 
 
 @dataclass(frozen=True)
-class Domain:
-    """The words ITDR's inputs use for one kind of item."""
+class TaskSpec:
+    task: Task
+    result: ResultKind
+    modes: frozenset[Mode]
+    default_mode: Mode
+    # Generated tokens allowed; a ranked-list answer gets this many per presented candidate.
+    generate_tokens: int
+    # The trained answer ranks every candidate (TKR, CDR) instead of naming one (NIR).
+    ranked_list_answer: bool = False
+    # The shard's id column: rows are users, or items (TUI describes an item's users).
+    key: str = "user_id"
+    # Likelihood mode: the answer scored for each candidate ({title}); None: the rating scale.
+    likelihood_answer: str | None = None
+    # Evaluation runs hold each row's last interaction out: among the candidates, or as the target.
+    holds_out: bool = False
+    interaction_columns: tuple[str, ...] = ()
+    item_columns: tuple[str, ...] = ()
+    # CDR: a source and a target domain (items' `domain` values) must be configured.
+    needs_domains: bool = False
 
-    item: str
-    items: str
-    past: str
-    gerund: str
-    verb: str
-    creators: str
-    item_short: str = ""
+    @property
+    def ranking(self) -> bool:
+        return self.result is ResultKind.RANKING
 
-    def words(self) -> dict[str, str]:
-        return {
-            "item": self.item,
-            "items": self.items,
-            "Item": self.item[:1].upper() + self.item[1:],
-            "item_short": self.item_short or self.item,
-            "past": self.past,
-            "gerund": self.gerund,
-            "verb": self.verb,
-            "creators": self.creators,
-        }
+    @property
+    def has_baselines(self) -> bool:
+        """Random and popularity baselines need candidates, a scale or attribute values."""
+        return self.result is not ResultKind.TEXT
 
-
-DOMAINS = {
-    "movie": Domain("movie", "movies", "watched", "watching", "watch", "directors"),
-    "anime": Domain("anime", "anime", "watched", "watching", "watch", "studios"),
-    "book": Domain("book", "books", "read", "reading", "read", "authors"),
-    "product": Domain("product", "products", "purchased", "purchasing", "purchase", "brands"),
-    "short_video": Domain(
-        "short video", "videos", "watched", "watching", "watch", "creators", item_short="video"
-    ),
-    "video": Domain("video", "videos", "watched", "watching", "watch", "creators"),
-    "game": Domain("game", "games", "played", "playing", "play", "developers"),
-    "music": Domain("song", "songs", "listened to", "listening to", "listen to", "artists"),
-}
+    def max_new_tokens(self, candidates: int) -> int:
+        """The generate budget for a batch whose widest list has ``candidates`` entries."""
+        if self.ranked_list_answer:
+            return self.generate_tokens * max(candidates, 1)
+        return self.generate_tokens
 
 
-@dataclass(frozen=True)
-class ListSpec:
-    """How a list slot is written; ``source`` names the data it shows (default: the slot name)."""
+_RANK_MODES = frozenset({Mode.GENERATE, Mode.LIKELIHOOD})
+_TEXT_MODES = frozenset({Mode.GENERATE})
+_TKR = TaskSpec(
+    Task.TKR,
+    ResultKind.RANKING,
+    _RANK_MODES,
+    Mode.LIKELIHOOD,
+    generate_tokens=24,
+    ranked_list_answer=True,
+    likelihood_answer="1. {title}",
+    holds_out=True,
+)
 
-    entry: str
-    separator: str | None
-    source: str | None = None
+TASKS: Mapping[Task, TaskSpec] = MappingProxyType(
+    {
+        Task.RP: TaskSpec(
+            Task.RP,
+            ResultKind.RATING,
+            frozenset(Mode),
+            Mode.LABEL,
+            generate_tokens=8,
+            holds_out=True,
+            interaction_columns=("rating",),
+        ),
+        Task.TKR: _TKR,
+        # Top-K across domains: target-domain candidates after a source-domain history.
+        Task.CDR: replace(_TKR, task=Task.CDR, item_columns=("domain",), needs_domains=True),
+        Task.NIR: TaskSpec(
+            Task.NIR,
+            ResultKind.RANKING,
+            _RANK_MODES,
+            Mode.LIKELIHOOD,
+            generate_tokens=64,
+            likelihood_answer="{title}",
+            holds_out=True,
+        ),
+        Task.UAP: TaskSpec(
+            Task.UAP, ResultKind.ATTRIBUTES, _TEXT_MODES, Mode.GENERATE, generate_tokens=64
+        ),
+        Task.IR: TaskSpec(
+            Task.IR,
+            ResultKind.TEXT,
+            _TEXT_MODES,
+            Mode.GENERATE,
+            generate_tokens=256,
+            interaction_columns=("rating", "review"),
+        ),
+        Task.TUI: TaskSpec(
+            Task.TUI,
+            ResultKind.TEXT,
+            _TEXT_MODES,
+            Mode.GENERATE,
+            generate_tokens=256,
+            key="item_id",
+            interaction_columns=("review",),
+        ),
+    }
+)
 
 
-@dataclass(frozen=True)
-class TaskTemplate:
-    description: str
-    input: str
-    lists: Mapping[str, ListSpec] = field(default_factory=dict)
-
-
-NUMBERED = ListSpec("{index}. {title}", "\n")
-
-TEMPLATES: dict[Task, TaskTemplate] = {
-    Task.RP: TaskTemplate(
-        description=(
-            "The objective of the rating prediction task is to thoroughly explore users' "
-            "preferences toward items (e.g., movies, products, music, books, etc.) based on their "
-            "historical rating records. By extracting insights from the rating data to identify "
-            "the types of items users prefer or dislike, the task aims to accurately predict "
-            "users' ratings for new items."
-        ),
-        input=(
-            "A user has {past} and rated the following {items} with ratings: {history}. "
-            "Predict his rating for {target}."
-        ),
-        lists={
-            "history": ListSpec("{title} ({rating})", ", "),
-            "target": ListSpec("{title}", ", "),
-        },
-    ),
-    Task.TKR: TaskTemplate(
-        description=(
-            "The primary goal of Top-K recommendation is to select the K items most likely to "
-            "attract the user from a candidate set based on their historical behavior or "
-            "preferences, and present them in a ranked list."
-        ),
-        input=(
-            "Given a user's {item} {gerund} records in chronological order as follows:\n"
-            "{history}\nBased on the {gerund} history, please rank the {item} in the candidate "
-            "list by the likelihood of the user {gerund} them next from highest to lowest.\n"
-            "Candidate list:\n{candidates}"
-        ),
-        lists={"history": NUMBERED, "candidates": NUMBERED},
-    ),
-    Task.CDR: TaskTemplate(
-        description=(
-            "The goal of cross-domain recommendation is to predict a user's behavior in the "
-            "target domain based on their historical behavior in the source domain, thereby "
-            "achieving effective utilization of cross-domain information and improving "
-            "recommendation performance."
-        ),
-        input=(
-            "A user's {verb} history in the {source_domain} domain is as follows:\n{source},\n"
-            "and in the {target_domain} domain is as follows: {history}.\n"
-            "Based on this information, please rank the following list of {items} in the "
-            "{target_domain} domain in order of the likelihood that the user will {verb} them "
-            "next, from highest to lowest. {Item} list:\n{candidates}."
-        ),
-        lists={"source": NUMBERED, "history": NUMBERED, "candidates": NUMBERED},
-    ),
-    Task.NIR: TaskTemplate(
-        description=(
-            "The primary goal of next-item recommendation is to predict the item that a user is "
-            "most likely to interact with or be interested in next, based on their historical "
-            "behavior sequence (such as clicks, purchases, or views)."
-        ),
-        input=(
-            "Given that a {item} user has {past} the following {items} in chronological order: "
-            "{history}, please select the next {item_short} the user is most likely to {verb} "
-            "from the candidate list: {candidates}"
-        ),
-        lists={
-            "history": ListSpec("{index}.{title}:{category}", None),
-            "candidates": ListSpec("{title}:{category}", None),
-        },
-    ),
-    Task.UAP: TaskTemplate(
-        description=(
-            "The objective of attribute prediction is to infer implicitly expressed static "
-            "attributes (e.g., age, gender, income, education level) from user behavioral data "
-            "(e.g., browsing, purchases, social interactions), thereby completing fundamental "
-            "dimensions of user profiles to support differentiated recommendation strategies."
-        ),
-        input=(
-            "The user's {item} preferences are as follows:\nHe/She likes {gerund} {history}.\n"
-            "Based on the user's {item} preferences, predict his/her {attribute_names}."
-        ),
-        lists={"history": ListSpec("{title}: {genres}", ", ")},
-    ),
-    Task.IR: TaskTemplate(
-        description=(
-            "The objective of interest recognition is to infer and categorize user interests "
-            "based on behavioral data, thereby providing interpretable and actionable interest "
-            "dimensions for personalized recommendation systems."
-        ),
-        input=(
-            "A user has given the following {item} reviews:\nLiked {items}:\n{liked}\n"
-            "Disliked {items}:\n{disliked}\nBased on these reviews, briefly summarize the "
-            "user's {gerund} interests, focusing on the types of {items}, styles, and "
-            "{creators} the user may prefer."
-        ),
-        lists={
-            "liked": ListSpec("{title}: {text}", "\n"),
-            "disliked": ListSpec("{title}: {text}", "\n"),
-        },
-    ),
-    Task.TUI: TaskTemplate(
-        description=(
-            "The objective of target user identification is to accurately pinpoint the user "
-            "groups most likely to exhibit positive feedback (e.g., clicks, purchases, high "
-            "ratings) by analyzing the alignment between item characteristics and user "
-            "profiles, thereby providing targeted distribution guidance for recommendation "
-            "systems."
-        ),
-        input=(
-            "The attributes of the {item} {target} are as follows:\n{attributes},\n"
-            "Customers' comments on the {item} are as follows:\n{reviews}\n"
-            "Based on the attributes and the reviews, briefly describe which user groups this "
-            "{item} is suitable for recommending."
-        ),
-        lists={
-            "target": ListSpec("{title}", ", "),
-            "attributes": ListSpec("{attributes}", ", ", source="target"),
-            "reviews": ListSpec("{index}. {text}", "\n"),
-        },
-    ),
-}
+def spec(task: Task | str) -> TaskSpec:
+    """The rules of ``task`` (an unknown name raises ``ValueError``)."""
+    return TASKS[Task(task)]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from itdr_batch.chat import CHAT_FORMATS, QWEN_SYSTEM
+from itdr_batch.prompts.chat import CHAT_FORMATS, QWEN_SYSTEM
 
 CONTENT = "Task description here.\nCandidate list:\n1. Toy Story (1995)\n2. Heat (1995)"
 MARKERS = {

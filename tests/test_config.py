@@ -4,9 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from itdr_batch.config import ConfigError, load_config, parse_override
-from itdr_batch.scoring import Mode
-from itdr_batch.tasks import Task
+from itdr_batch.run.config import ConfigError, load_config, parse_override
+from itdr_batch.tasks import Mode, Task
 
 MINIMAL = """\
 [data]

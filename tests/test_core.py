@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from itdr_batch import _core
-from itdr_batch.ids import stable_hash
+from itdr_batch.tables.ids import stable_hash
 
 
 def reference(ids: list[int] | list[str]) -> list[int]:

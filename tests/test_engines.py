@@ -15,12 +15,12 @@ from typer.testing import CliRunner
 
 from itdr_batch.cli import app
 from itdr_batch.datasets import SAMPLE, read_movielens
+from itdr_batch.dev.tiny import Tiny
 from itdr_batch.engines import Engine, Failure, Prompt, open_engine
 from itdr_batch.engines.vllm import VllmEngine
-from itdr_batch.prompts import PromptConfig, build_prompts
-from itdr_batch.scoring import Mode, Row, Scorer, ScoringConfig, rows_from_prompts
-from itdr_batch.tasks import Task
-from itdr_batch.testing import Tiny
+from itdr_batch.prompts.build import PromptConfig, build_prompts
+from itdr_batch.scoring import Row, Scorer, ScoringConfig, rows_from_prompts
+from itdr_batch.tasks import Mode, Task
 
 AGREEMENT = 1e-4
 USERS = 6
@@ -48,7 +48,7 @@ def real_rows(
         evaluation=True,
         **kw,
     )
-    return rows_from_prompts(build_prompts(users, interactions, items, config), items, adapter)
+    return rows_from_prompts(build_prompts(users, interactions, items, config), adapter)
 
 
 @pytest.fixture(params=["vllm", "hf"])
@@ -62,6 +62,7 @@ def scored(engine: Engine, tokenizer: Any, rows: list[Row], task: Task, mode: Mo
     return Scorer(engine, tokenizer, ScoringConfig(task, mode)).score(rows)
 
 
+@pytest.mark.slow
 def test_auto_picks_vllm_here(vllm_engine: Engine) -> None:
     assert vllm_engine.name == "vllm"
 
@@ -76,6 +77,7 @@ def test_auto_picks_vllm_here(vllm_engine: Engine) -> None:
         (Task.RP, Mode.LIKELIHOOD),
     ],
 )
+@pytest.mark.slow
 def test_engines_agree(
     vllm_engine: Engine,
     hf_engine: Engine,
@@ -98,6 +100,7 @@ def test_engines_agree(
             assert x.ranks == y.ranks
 
 
+@pytest.mark.slow
 def test_vllm_likelihood_reads_each_prompt_from_the_prefix_cache(
     vllm_engine: Engine, tokenizer: Any, sample: tuple[pl.DataFrame, pl.DataFrame]
 ) -> None:
@@ -113,6 +116,7 @@ def test_vllm_likelihood_reads_each_prompt_from_the_prefix_cache(
     assert vllm_engine.cached_tokens - before >= blocks * 5
 
 
+@pytest.mark.slow
 def test_an_adapter_changes_scores_and_mixed_batches_match_separate_runs(
     engine: Engine,
     tokenizer: Any,
@@ -135,6 +139,7 @@ def test_an_adapter_changes_scores_and_mixed_batches_match_separate_runs(
 
 
 @pytest.mark.parametrize("mode", [Mode.LABEL, Mode.LIKELIHOOD])
+@pytest.mark.slow
 def test_rp_expected_ratings_lie_in_the_scale(
     engine: Engine,
     tokenizer: Any,
@@ -152,6 +157,7 @@ def test_rp_expected_ratings_lie_in_the_scale(
 
 
 @pytest.mark.parametrize("task", [Task.TKR, Task.NIR])
+@pytest.mark.slow
 def test_generate_always_ranks_every_presented_candidate(
     engine: Engine,
     tokenizer: Any,
@@ -169,6 +175,7 @@ def test_generate_always_ranks_every_presented_candidate(
         assert r.text
 
 
+@pytest.mark.slow
 def test_engines_generate_the_same_greedy_tokens(
     vllm_engine: Engine,
     hf_engine: Engine,
@@ -180,6 +187,7 @@ def test_engines_generate_the_same_greedy_tokens(
     assert vllm_engine.generate(prompts, 12) == hf_engine.generate(prompts, 12)
 
 
+@pytest.mark.slow
 def test_a_failing_request_fails_alone(
     engine: Engine,
     tokenizer: Any,
@@ -201,6 +209,7 @@ def test_a_failing_request_fails_alone(
     assert all(isinstance(o, list) and len(o) == 2 for o in outs[:1] + outs[2:])
 
 
+@pytest.mark.slow
 def test_auto_falls_back_to_transformers_and_says_why(
     tiny: Tiny, vllm_engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -213,6 +222,7 @@ def test_auto_falls_back_to_transformers_and_says_why(
     engine.close()
 
 
+@pytest.mark.slow
 def test_label_mode_needs_single_token_ratings(hf_engine: Engine, tokenizer: Any) -> None:
     config = ScoringConfig(Task.RP, Mode.LABEL, rating_scale=(1.0, 1.5, 2.0))
     with pytest.raises(ValueError, match=r"'1\.5' is 3 tokens"):
@@ -226,6 +236,7 @@ def test_modes_a_task_cannot_use_are_refused() -> None:
         ScoringConfig(Task.UAP, Mode.LIKELIHOOD)
 
 
+@pytest.mark.slow
 def test_bench_engines_writes_its_figures(shared_data: Path, tmp_path: Path) -> None:
     """A smoke run of the benchmark (transformers only, 4 users): figures, not timings, checked."""
     out = tmp_path / "engines.json"

@@ -37,20 +37,58 @@ def write_run(
     interactions.write_parquet(data)
     for task, frame in tables.items():
         frame.write_parquet(run / f"{task}.parquet")
+    prompts: dict[str, Any] = {"tasks": list(tables), "evaluation": True, "candidates": 10}
+    if "cdr" in tables:
+        prompts |= {"source_domain": "books", "target_domain": "movies"}
+    counts = {"scored": 0, "rejected": 0, "reasons": {}}
     body: dict[str, Any] = {
         "run_id": RUN_ID,
         "status": "complete",
+        "dry_run": False,
         "key": key,
+        "config_hash": "0" * 64,
         "files": {task: f"{task}.parquet" for task in tables} | {"rejects": "rejects.parquet"},
         "config": {
             "data": {"interactions": str(data), "items": str(run / "items.parquet")},
-            "prompts": {"tasks": list(tables), "evaluation": True, "candidates": 10},
+            "model": {"path": str(run / "model")},
+            "prompts": prompts,
             "scoring": {"rating_scale": RATING_SCALE},
             "seed": seed,
         },
+        "inputs": {},
+        "model": {"name": "m", "path": "m", "sha256": "0" * 64, "untrained": False},
+        "adapters": [],
+        "engine": "hf",
+        "versions": {},
+        "counts": {"rows": 0, "tasks": {task: {"base": counts} for task in tables}},
+        "timings": {
+            "started_at": "2026-01-01T00:00:00+00:00",
+            "finished_at": "2026-01-01T00:00:01+00:00",
+            "batch_seconds": 1.0,
+            "build_seconds": 0.5,
+            "score_seconds": 0.5,
+        },
+        "throughput": {
+            "rows_per_s": None,
+            "prompts_per_s": None,
+            "prompt_tokens_per_s": None,
+            "prompts": 0,
+            "prompt_tokens": 0,
+        },
     }
-    (run / "_manifest.json").write_text(json.dumps(body | manifest))
+    (run / "_manifest.json").write_text(json.dumps(_merged(body, manifest)))
     return run
+
+
+def _merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes``; nested tables are merged key by key."""
+    merged = dict(base)
+    for key, value in changes.items():
+        old = merged.get(key)
+        merged[key] = (
+            _merged(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
+        )
+    return merged
 
 
 def ranking_frame(
@@ -283,15 +321,18 @@ def text_frame(
 def test_text_tasks(tmp_path: Path) -> None:
     same = "a quiet drama about two brothers who run a small bakery in the old town"
     other = "an action film with car chases and explosions in a big city at night"
-    tables = {
-        "tui": text_frame([same, "x"], [same, None]),
-        "ir": text_frame([other, None], [same, same]),
-    }
-    result = evaluate(write_run(tmp_path, tables, key="item_id", model={"untrained": True}))
+    # tui's rows are items, so it runs alone: one run per task.
+    tui = text_frame([same, "x"], [same, None])
+    ir = text_frame([other, None], [same, same], "user_id")
+    untrained = {"untrained": True}
+    result = evaluate(write_run(tmp_path / "tui", {"tui": tui}, key="item_id", model=untrained))
     exact = metrics(result, "tui")["model"]
     assert exact["bleu"] == pytest.approx(100.0)
     assert (exact["rouge1"], exact["rouge2"], exact["rougeL"]) == (1.0, 1.0, 1.0)
     assert result["tasks"]["tui"]["base"]["users"] == 1
+    assert "untrained" in result["note"]
+    assert "no baselines" in result["note"]
+    result = evaluate(write_run(tmp_path / "ir", {"ir": ir}, model=untrained))
     different = metrics(result, "ir")
     assert different["model"]["bleu"] < 20.0
     assert 0.0 < different["model"]["rougeL"] < 0.5

@@ -119,7 +119,7 @@ def test_malformed_ratings_fail_before_any_output(cli: CliRunner, tmp_path: Path
 def test_outputs_are_valid_canonical_tables(
     cli: CliRunner, shared_data: Path, tmp_path: Path, table: str
 ) -> None:
-    from itdr_batch.tables import load_interactions, load_items
+    from itdr_batch.tables.load import load_interactions, load_items
 
     ingest(cli, shared_data / "movielens-100k", tmp_path)
     items = load_items(tmp_path / "items.parquet")

@@ -12,14 +12,15 @@ from typing import Any
 
 import polars as pl
 import pytest
-from conftest import JOB_USERS, Canonical, WriteJob
+from helpers import JOB_USERS, Canonical, WriteJob
 from polars.testing import assert_frame_equal
 from typer.testing import CliRunner, Result
 
 from itdr_batch.cli import app
-from itdr_batch.config import load_config
 from itdr_batch.engines import Engine, Failure, Prompt, load_tokenizer, open_engine
-from itdr_batch.job import EngineCrashed, run_job
+from itdr_batch.run.config import load_config
+from itdr_batch.run.job import EngineCrashed, run_job
+from itdr_batch.status import ScoreStatus
 
 ITDR_BATCH = Path(sys.executable).parent / "itdr-batch"
 TASKS = ("tkr", "rp", "uap")
@@ -98,6 +99,7 @@ def cli_module() -> CliRunner:
     return CliRunner()
 
 
+@pytest.mark.slow
 def test_score_writes_the_results_contract(reference: Path, users: list[int]) -> None:
     files = read_run(reference)
     manifest = json.loads((reference / "_manifest.json").read_text())
@@ -123,6 +125,7 @@ def test_score_writes_the_results_contract(reference: Path, users: list[int]) ->
     assert set(files["tkr"]["run_id"]) == {manifest["run_id"]}
 
 
+@pytest.mark.slow
 def test_score_with_vllm_agrees_with_transformers(
     reference: Path, job: Path, movielens: Canonical, tmp_path: Path
 ) -> None:
@@ -139,6 +142,7 @@ def test_score_with_vllm_agrees_with_transformers(
         assert (joined[column] - joined[f"{column}_hf"]).abs().max() < AGREEMENT  # type: ignore[operator]
 
 
+@pytest.mark.slow
 def test_a_run_killed_with_sigkill_resumes_to_the_same_rows(
     cli: CliRunner, reference: Path, job: Path, movielens: Canonical, tmp_path: Path
 ) -> None:
@@ -208,11 +212,11 @@ class FlakyEngine:
     def _wrap(self, prompts: Sequence[Prompt], run: Any) -> list[Any]:
         self.calls += 1
         if self.crash_after is not None and self.calls > self.crash_after:
-            return [Failure("engine_error", "RuntimeError: engine died")] * len(prompts)
+            return [Failure(ScoreStatus.ENGINE_ERROR, "RuntimeError: engine died")] * len(prompts)
         failed = [self._fails(p) for p in prompts]
         outputs = iter(run([p for p, f in zip(prompts, failed, strict=True) if not f]))
         return [
-            Failure("engine_error", "RuntimeError: injected") if f else next(outputs)
+            Failure(ScoreStatus.ENGINE_ERROR, "RuntimeError: injected") if f else next(outputs)
             for f in failed
         ]
 
@@ -252,6 +256,7 @@ def prompt_keys(job: Path, users: Path, out: Path, task: str) -> list[int]:
     return [hash(tuple(i)) for i in ids]
 
 
+@pytest.mark.slow
 def test_failed_requests_are_retried_then_rejected(
     job: Path, job_engine: Engine, movielens: Canonical, users: list[int], tmp_path: Path
 ) -> None:
@@ -271,6 +276,7 @@ def test_failed_requests_are_retried_then_rejected(
     check_nothing_lost(tmp_path / "always", users, ["a1"])
 
 
+@pytest.mark.slow
 def test_an_engine_crash_fails_the_shard_and_leaves_it_resumable(
     job: Path, job_engine: Engine, reference: Path, movielens: Canonical, tmp_path: Path
 ) -> None:
@@ -285,6 +291,7 @@ def test_an_engine_crash_fails_the_shard_and_leaves_it_resumable(
         assert_frame_equal(read_run(out)[name], frame)
 
 
+@pytest.mark.slow
 def test_every_user_ends_in_results_or_rejects_with_a_reason(
     cli: CliRunner, write_job: WriteJob, movielens: Canonical, tmp_path: Path
 ) -> None:
@@ -409,6 +416,7 @@ def test_bad_input_fails_before_any_output(
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_an_output_folder_holding_another_run_is_refused(
     cli: CliRunner, reference: Path, job: Path, movielens: Canonical
 ) -> None:
@@ -420,6 +428,7 @@ def test_an_output_folder_holding_another_run_is_refused(
     assert "differs: seed" in " ".join(result.output.split())
 
 
+@pytest.mark.slow
 def test_evaluate_reports_metrics_next_to_the_baselines(cli: CliRunner, reference: Path) -> None:
     result = cli.invoke(app, ["evaluate", str(reference)])
     assert result.exit_code == 0, result.output
@@ -432,6 +441,7 @@ def test_evaluate_reports_metrics_next_to_the_baselines(cli: CliRunner, referenc
     assert "untrained" in figures["note"]
 
 
+@pytest.mark.slow
 def test_demo_runs_offline_on_a_trained_tokenizer(
     cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -452,6 +462,7 @@ def test_demo_runs_offline_on_a_trained_tokenizer(
     assert "already complete" in again.output
 
 
+@pytest.mark.slow
 def test_results_read_back_with_duckdb(reference: Path) -> None:
     """The README's DuckDB queries, on a real run."""
     import duckdb

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from itdr_batch.dev.tiny import Tiny
 from itdr_batch.engines import AdapterSpec, EngineConfig, ModelError
 from itdr_batch.engines.adapters import check_model, load_adapter
-from itdr_batch.testing import Tiny
 
 
 def copy(src: Path, dst: Path) -> Path:
@@ -84,3 +84,10 @@ def test_engine_settings_name_the_wrong_key() -> None:
         EngineConfig.model_validate(
             {"model": "m", "adapters": [{"name": "a", "path": "x"}, {"name": "a", "path": "y"}]}
         )
+
+
+def test_a_built_adapter_does_not_depend_on_the_hash_seed(tiny: Tiny) -> None:
+    """PEFT writes target_modules in set order; the builder sorts them, so the same seed gives
+    the same bytes (and so the same adapter hash and run id) in every process."""
+    config = json.loads((tiny.adapters[0].path / "adapter_config.json").read_text())
+    assert config["target_modules"] == sorted(config["target_modules"])

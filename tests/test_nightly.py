@@ -15,15 +15,14 @@ from typing import Any
 
 import polars as pl
 import pytest
-from conftest import Canonical, WriteJob
+from helpers import ROOT, Canonical, WriteJob
 from polars.testing import assert_frame_equal
 from typer.testing import CliRunner
 
 from itdr_batch.cli import app
-from itdr_batch.ids import stable_hash
-from itdr_batch.shard import split_users
+from itdr_batch.tables.ids import stable_hash
+from itdr_batch.tables.shard import split_users
 
-ROOT = Path(__file__).resolve().parents[1]
 SHARDS = 3
 NIGHT = "2026-11-28"
 
@@ -81,6 +80,7 @@ def test_shard_command_names_bad_input(movielens: Canonical, tmp_path: Path) -> 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_prefect_yaml_and_serve_deploy_the_same_nightly(harness: None, tmp_path: Path) -> None:
     """The README's commands against the test server: `prefect deploy` reads prefect.yaml, and
     flows/serve.py builds the very same deployment from it."""
@@ -134,6 +134,7 @@ def _deployment_settings(deployment: Any) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 def test_nightly_gives_the_rows_of_one_run_retries_and_skips(
     harness: None, nightly_job: Path, single: Path, movielens: Canonical, tmp_path: Path
 ) -> None:

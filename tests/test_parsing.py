@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from itdr_batch.parsing import (
+from itdr_batch.scoring.parsing import (
     normalise,
     parse_attributes,
     parse_ranking,

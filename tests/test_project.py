@@ -1,4 +1,4 @@
-"""The installed environment: the CPU inference extra imports cleanly (DESIGN.md §7)."""
+"""The installed environment: the CPU inference extra imports cleanly (README, "Prerequisites")."""
 
 import importlib.metadata as metadata
 import subprocess

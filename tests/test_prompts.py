@@ -11,11 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from itdr_batch.chat import CHAT_FORMATS, ChatFormat
 from itdr_batch.datasets import SAMPLE, read_movielens
-from itdr_batch.ids import stable_hash
-from itdr_batch.prompts import PromptConfig, build_prompts
-from itdr_batch.tasks import TEMPLATES, ListSpec, Task, TaskTemplate
+from itdr_batch.prompts.build import PromptConfig, build_prompts
+from itdr_batch.prompts.chat import CHAT_FORMATS, ChatFormat
+from itdr_batch.prompts.templates import TEMPLATES, ListSpec, TaskTemplate
+from itdr_batch.tables.ids import stable_hash
+from itdr_batch.tasks import Task
 
 # Titles as real catalogues have them, and worse.
 TITLES = st.text(
@@ -134,7 +135,7 @@ def test_same_rows_for_any_sharding_and_thread_count(
     items.write_parquet(tmp_path / "items.parquet")
     code = (
         "import polars as pl;"
-        "from itdr_batch.prompts import PromptConfig, build_prompts;"
+        "from itdr_batch.prompts.build import PromptConfig, build_prompts;"
         "from itdr_batch.tasks import Task;"
         f"d = {str(tmp_path)!r};"
         "out = build_prompts(pl.read_parquet(d + '/users.parquet'), pl.read_parquet(d + "

@@ -13,7 +13,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from itdr_batch.prompts import PromptConfig, build_prompts
+from itdr_batch.prompts.build import PromptConfig, build_prompts
 from itdr_batch.tasks import Task
 
 

@@ -7,8 +7,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from itdr_batch.schemas import INTERACTIONS, ITEMS
-from itdr_batch.tables import (
+from itdr_batch.tables.load import (
     MAX_EXAMPLES,
     TableError,
     load_interactions,
@@ -16,6 +15,7 @@ from itdr_batch.tables import (
     load_users,
     scan,
 )
+from itdr_batch.tables.schemas import INTERACTIONS, ITEMS
 
 
 def write(tmp_path: Path, name: str, frame: pl.DataFrame) -> Path:

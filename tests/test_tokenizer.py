@@ -9,10 +9,10 @@ import pytest
 from transformers import AutoTokenizer
 
 from itdr_batch.datasets import SAMPLE, read_movielens
-from itdr_batch.prompts import PromptConfig, build_prompts
+from itdr_batch.dev.tiny import build_tiny
+from itdr_batch.dev.tokenizer import IM_END, IM_START, sample_texts, train_tokenizer
+from itdr_batch.prompts.build import PromptConfig, build_prompts
 from itdr_batch.tasks import Task
-from itdr_batch.testing import build_tiny
-from itdr_batch.tokenizer import IM_END, IM_START, sample_texts, train_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,12 @@ from typing import Any
 import polars as pl
 
 from itdr_batch.datasets import read_movielens
+from itdr_batch.dev.tiny import build_tiny
 from itdr_batch.engines import Engine, Prompt, load_tokenizer, open_engine
 from itdr_batch.engines.vllm import VllmEngine
-from itdr_batch.prompts import PromptConfig, build_prompts
-from itdr_batch.scoring import Mode, Row, Scored, Scorer, ScoringConfig, rows_from_prompts
-from itdr_batch.tasks import Task
-from itdr_batch.testing import build_tiny
+from itdr_batch.prompts.build import PromptConfig, build_prompts
+from itdr_batch.scoring.modes import Row, Scored, Scorer, ScoringConfig, rows_from_prompts
+from itdr_batch.tasks import Mode, Task
 
 GENERATE_TOKENS = 32
 # vLLM's CPU attention wants multiples of 32.
@@ -82,9 +82,7 @@ def _rows(source: Path, users: int, task: Task) -> list[Row]:
     ids = data.interactions.group_by("user_id").len().filter(pl.col("len") > 10)
     shard = ids.sort("user_id").head(users).select("user_id")
     config = PromptConfig(task=task, chat="qwen", history_len=10, candidates=10, evaluation=True)
-    return rows_from_prompts(
-        build_prompts(shard, data.interactions, data.items, config), data.items
-    )
+    return rows_from_prompts(build_prompts(shard, data.interactions, data.items, config))
 
 
 def _time_modes(

@@ -5,7 +5,7 @@ copy ``r`` becomes ``r * 1_000_000 + u``); one interactions table serves every s
 shard of N users is its first N users. Each shard runs ``itdr-batch score --dry-run`` (the real
 job, prompts instead of scores: the engine's memory is the model's, not the job's) in a process
 of its own, whose peak RSS comes from ``os.wait4``. With a fixed batch size the peak should stay
-flat whatever the shard size (DESIGN.md §6).
+flat whatever the shard size (README, "Benchmarks").
 """
 
 import os

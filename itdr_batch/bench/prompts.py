@@ -13,7 +13,6 @@ with an empty template (candidates per second, seen items excluded). Each figure
 `repeat` runs (Python: one run), which damps the noise of a shared machine.
 """
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -24,13 +23,15 @@ import numpy as np
 import polars as pl
 
 from itdr_batch import _core
+from itdr_batch.core_args import PromptJob
 from itdr_batch.datasets import read_movielens
-from itdr_batch.prompts import PromptConfig, item_indices, prepare
+from itdr_batch.prompts.build import PromptConfig, item_indices, prepare
 from itdr_batch.tasks import Task
 
 HISTORY = 10
 CANDIDATES = 10
-# DESIGN.md §6.
+# The goals `targets_met` reports (README, "Benchmarks"): Rust at least 30x pure Python and
+# 10x Polars, at most 3x slower than the memory floor; sampling 20M candidates/s per core.
 TARGETS = {"rust_over_python": 30.0, "rust_over_polars": 10.0, "floor_over_rust_max": 3.0}
 CANDIDATES_PER_S_PER_CORE = 20e6
 
@@ -44,16 +45,17 @@ def run(users: int, python_users: int, source: Path, repeat: int = 3) -> dict[st
         interactions.select("user_id").unique(maintain_order=True), interactions, items, config
     )
     prep_s = time.perf_counter() - started
-    args = prepared.core_args
+    # Prompts and candidate ids only, like the other implementations: no candidate titles.
+    job: PromptJob = {**prepared.job, "item_titles": None}
 
-    rust_s, table = _best(repeat, lambda: _core.build_prompts(**args))
+    rust_s, table = _best(repeat, lambda: _core.build_prompts(job))
     built = pl.DataFrame(table)
     rust_prompts = built["prompt"].cast(pl.String)
     total_bytes = int(rust_prompts.str.len_bytes().sum())
 
     # The template's text around the two slots (history, candidates), as Rust writes it.
     texts = [""]
-    for part in args["parts"]:
+    for part in job["parts"]:
         if isinstance(part, str):
             texts[-1] += part
         else:
@@ -78,8 +80,9 @@ def run(users: int, python_users: int, source: Path, repeat: int = 3) -> dict[st
         repeat, lambda: _polars(titles, history, candidates, (head, middle, tail))
     )
     floor_s, _ = _best(repeat, lambda: np.full(total_bytes, ord("a"), dtype=np.uint8))
-    empty = {**args, "parts": [], "lists": [], "sources": []}
-    sampling_s, _ = _best(repeat, lambda: _core.build_prompts(**empty))
+    # No template: sampling alone (the data slots stay, for the seen items it excludes).
+    empty: PromptJob = {**job, "parts": [], "lists": []}
+    sampling_s, _ = _best(repeat, lambda: _core.build_prompts(empty))
 
     identical = {
         "python": python_prompts == rust_prompts.head(subset).to_list(),
@@ -191,8 +194,3 @@ def _best(repeat: int, work: Callable[[], Any]) -> tuple[float, Any]:
         result = work()
         best = min(best, time.perf_counter() - started)
     return best, result
-
-
-def write(figures: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(figures, indent=2) + "\n")

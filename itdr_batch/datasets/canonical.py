@@ -11,12 +11,13 @@ from pathlib import Path
 
 import polars as pl
 
-from itdr_batch.schemas import INTERACTIONS, ITEMS, USERS
-from itdr_batch.sink import write_parquet_atomic
-from itdr_batch.tables import Table, drop_unknown_items, validate
+from itdr_batch.errors import ItdrError
+from itdr_batch.tables.load import Table, drop_unknown_items, validate
+from itdr_batch.tables.schemas import INTERACTIONS, ITEMS, USERS
+from itdr_batch.tables.sink import write_parquet_atomic
 
 
-class IngestError(ValueError):
+class IngestError(ItdrError):
     """A source file cannot be read; the message names the file (and line, when known)."""
 
 

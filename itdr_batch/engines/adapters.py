@@ -4,7 +4,6 @@ An adapter's identity is a hash of its files' bytes, so a retrained adapter save
 name never reuses a stale prefix cache entry or a stale result.
 """
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -12,11 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from itdr_batch.engines.config import AdapterSpec
+from itdr_batch.errors import ItdrError
+from itdr_batch.hashing import files_digest
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+# A model folder holding this file was built untrained, from a seed (`itdr_batch.dev.tiny`).
+UNTRAINED_STAMP = "itdr-batch-tiny.json"
 
 
-class ModelError(ValueError):
+class ModelError(ItdrError):
     """A model or adapter folder that cannot be used as configured."""
 
 
@@ -80,13 +83,31 @@ def load_adapter(spec: AdapterSpec, allow_pickle: bool) -> Adapter:
             f"adapter {spec.name!r}: {weights[0]} is pickled, which can run code when loaded; "
             "convert it to safetensors or set allow_pickle = true"
         )
-    digest = hashlib.sha256()
-    for path in (config_path, weights[0]):
-        digest.update(path.name.encode())
-        with path.open("rb") as f:
-            digest.update(hashlib.file_digest(f, "sha256").digest())
-    return Adapter(
-        spec.name, spec.path, rank, digest.hexdigest(), config.get("base_model_name_or_path")
+    digest = files_digest([config_path, weights[0]])
+    return Adapter(spec.name, spec.path, rank, digest, config.get("base_model_name_or_path"))
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """A model folder's name, path, and a hash of its config and weights (content, not names).
+
+    ``untrained``: built by ``itdr_batch.dev.tiny``, so that evaluations of it say that their
+    figures show the pipeline working, not a model's quality.
+    """
+
+    name: str
+    path: str
+    sha256: str
+    untrained: bool
+
+
+def model_identity(model: Path) -> ModelIdentity:
+    files = [model / "config.json", *sorted(model.glob("*.safetensors"))]
+    return ModelIdentity(
+        name=model.name,
+        path=str(model.resolve()),
+        sha256=files_digest(files),
+        untrained=(model / UNTRAINED_STAMP).is_file(),
     )
 
 

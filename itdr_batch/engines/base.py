@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from itdr_batch.engines.adapters import Adapter
+from itdr_batch.status import ScoreStatus
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -27,7 +28,7 @@ class Prompt:
 class Failure:
     """Why one request produced nothing: ``prompt_too_long`` or ``engine_error``."""
 
-    reason: str
+    reason: ScoreStatus
     detail: str
 
 
@@ -64,7 +65,7 @@ def too_long(prompt: Prompt, extra: int, max_model_len: int) -> Failure | None:
     if len(prompt.ids) + extra <= max_model_len:
         return None
     return Failure(
-        "prompt_too_long",
+        ScoreStatus.PROMPT_TOO_LONG,
         f"{len(prompt.ids)} prompt tokens + {extra} > max_model_len {max_model_len}",
     )
 
@@ -77,7 +78,7 @@ def isolate(run: Callable[[list[T]], list[R]], items: list[T]) -> list[R | Failu
         return list(run(items))
     except Exception as exc:
         if len(items) == 1:
-            return [Failure("engine_error", f"{type(exc).__name__}: {exc}")]
+            return [Failure(ScoreStatus.ENGINE_ERROR, f"{type(exc).__name__}: {exc}")]
     half = len(items) // 2
     return isolate(run, items[:half]) + isolate(run, items[half:])
 

@@ -32,7 +32,8 @@ Adapters = Annotated[tuple[AdapterSpec, ...], AfterValidator(_unique_names)]
 class EngineOptions(BaseModel):
     """How to run a model, whatever the model: the job configuration's ``[engine]`` table.
 
-    Defaults suit one GPU; the CPU needs a small KV cache (DESIGN §7).
+    Defaults suit one GPU; on the CPU set a small KV cache (``kv_cache_gib``): vLLM's memory
+    fraction there is of all RAM.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True)

@@ -9,10 +9,11 @@ mod sampling;
 
 use std::sync::Arc;
 
-use arrow_array::builder::{UInt32Builder, UInt8Builder};
+use arrow_array::builder::UInt32Builder;
+use arrow_array::types::UInt8Type;
 use arrow_array::{
-    Array, ArrayRef, Float64Array, LargeStringArray, ListArray, RecordBatch, StringArray,
-    UInt32Array,
+    Array, ArrayRef, DictionaryArray, Float64Array, LargeStringArray, ListArray, RecordBatch,
+    StringArray, UInt32Array, UInt8Array,
 };
 use arrow_buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema};
@@ -42,68 +43,109 @@ fn stable_hash(py: Python<'_>, ids: AnyArray) -> PyArrowResult<Arro3ChunkedArray
     Ok(PyChunkedArray::try_new(hashed, field)?.into())
 }
 
-/// A literal piece of text or a slot / field number.
+/// A template part: literal text, or the number of a list slot.
 #[derive(FromPyObject)]
-enum TextOrCode {
+enum PartArg {
     Text(String),
-    Code(i64),
+    Slot(usize),
+}
+
+/// An entry-format piece: literal text, or a field (`{"field": ...}`).
+#[derive(FromPyObject)]
+enum PieceArg {
+    Text(String),
+    Field(FieldArg),
+}
+
+/// `{"field": k}`: the k-th item field; `{"field": "index" | "rating" | "text"}`.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct FieldArg {
+    field: NameOrNumber,
+}
+
+#[derive(FromPyObject)]
+enum NameOrNumber {
+    Number(usize),
+    Name(String),
+}
+
+/// One list slot of the template: how its entries are written and where they come from.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct ListArg {
+    entry: Vec<PieceArg>,
+    separator: Option<String>,
+    /// A data slot's number, `"candidates"` or `"held_out"`.
+    source: NameOrNumber,
 }
 
 /// One data slot's columns: items, ratings, texts (lists per row) and how many entries to keep.
-type ColumnsArg = (
-    Option<AnyArray>,
-    Option<AnyArray>,
-    Option<AnyArray>,
-    Option<usize>,
-);
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct SlotArg {
+    items: Option<AnyArray>,
+    ratings: Option<AnyArray>,
+    texts: Option<AnyArray>,
+    max_entries: Option<usize>,
+}
 
-/// Candidate sampling: pool of dense item indices, optional weights (popularity), count,
-/// optional provided candidates per row.
-type SamplingArg = (AnyArray, Option<AnyArray>, usize, Option<AnyArray>);
+/// Candidate sampling: the pool of dense item indices, optional weights (popularity), how many,
+/// and optional provided candidates per row.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct SamplingArg {
+    pool: AnyArray,
+    weights: Option<AnyArray>,
+    count: usize,
+    provided: Option<AnyArray>,
+}
 
-const FIELD_INDEX: i64 = -1;
-const FIELD_RATING: i64 = -2;
-const FIELD_TEXT: i64 = -3;
-const SOURCE_CANDIDATES: i64 = -1;
-const SOURCE_HELD_OUT: i64 = -2;
-
-/// Samples candidates and renders one prompt per row; see `itdr_batch/prompts.py`.
-#[pyfunction]
-#[pyo3(signature = (
-    user_ids, seed, parts, lists, sources, columns, item_ids, item_fields, history, also_seen,
-    hold_out_last, sampling
-))]
-#[allow(clippy::too_many_arguments)]
-fn build_prompts(
-    py: Python<'_>,
-    user_ids: AnyArray,
+/// Everything `build_prompts` takes: `PromptJob` in `itdr_batch/_core.pyi`.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct PromptJobArg {
+    row_ids: AnyArray,
     seed: u64,
-    parts: Vec<TextOrCode>,
-    lists: Vec<(Vec<TextOrCode>, Option<String>)>,
-    sources: Vec<i64>,
-    columns: Vec<ColumnsArg>,
+    parts: Vec<PartArg>,
+    lists: Vec<ListArg>,
+    slots: Vec<SlotArg>,
     item_ids: AnyArray,
+    item_titles: Option<AnyArray>,
     item_fields: Vec<AnyArray>,
     history: usize,
     also_seen: Vec<usize>,
     hold_out_last: bool,
     sampling: Option<SamplingArg>,
-) -> PyArrowResult<Arro3Table> {
+}
+
+/// Samples candidates and renders one prompt per row; see `itdr_batch/prompts/build.py`.
+#[pyfunction]
+fn build_prompts(py: Python<'_>, job: PromptJobArg) -> PyArrowResult<Arro3Table> {
+    let mut sources = Vec::with_capacity(job.lists.len());
+    let mut lists = Vec::with_capacity(job.lists.len());
+    for list in job.lists {
+        sources.push(list.source);
+        let entry = list.entry.into_iter().map(piece).collect::<PyResult<_>>()?;
+        lists.push(ListFormat::new(entry, list.separator));
+    }
     let template = Template {
-        parts: parts.into_iter().map(part).collect::<PyResult<_>>()?,
-        lists: lists
+        parts: job
+            .parts
             .into_iter()
-            .map(|(entry, separator)| {
-                let entry = entry.into_iter().map(piece).collect::<PyResult<_>>()?;
-                Ok(ListFormat::new(entry, separator))
+            .map(|p| match p {
+                PartArg::Text(text) => Part::Literal(text),
+                PartArg::Slot(k) => Part::Slot(k),
             })
-            .collect::<PyResult<_>>()?,
+            .collect(),
+        lists,
     };
-    let item_fields: Vec<StringArray> = item_fields
+    let item_fields: Vec<StringArray> = job
+        .item_fields
         .into_iter()
         .map(|a| Ok(downcast::<StringArray>(cast(a, &DataType::Utf8)?)))
         .collect::<PyResult<_>>()?;
-    let item_ids = single(item_ids)?;
+    let item_ids = single(job.item_ids)?;
     let n_items = item_ids.len();
     if let Some(field) = item_fields.iter().find(|f| f.len() != n_items) {
         let message = format!(
@@ -112,33 +154,52 @@ fn build_prompts(
         );
         return Err(PyValueError::new_err(message).into());
     }
-    let slots = columns
+    let item_titles = job
+        .item_titles
+        .map(|a| Ok::<_, PyErr>(downcast::<StringArray>(cast(a, &DataType::Utf8)?)))
+        .transpose()?;
+    if item_titles.as_ref().is_some_and(|t| t.len() != n_items) {
+        return Err(PyValueError::new_err("item_titles must have one title per item").into());
+    }
+    let slots = job
+        .slots
         .into_iter()
-        .map(|(items, ratings, texts, max_entries)| {
+        .map(|slot| {
             Ok(SlotColumns {
-                items: items.map(|a| list_of(a, DataType::UInt32)).transpose()?,
-                ratings: ratings.map(|a| list_of(a, DataType::Float64)).transpose()?,
-                texts: texts.map(|a| list_of(a, DataType::Utf8)).transpose()?,
-                max_entries,
+                items: slot
+                    .items
+                    .map(|a| list_of(a, DataType::UInt32))
+                    .transpose()?,
+                ratings: slot
+                    .ratings
+                    .map(|a| list_of(a, DataType::Float64))
+                    .transpose()?,
+                texts: slot.texts.map(|a| list_of(a, DataType::Utf8)).transpose()?,
+                max_entries: slot.max_entries,
             })
         })
         .collect::<PyResult<Vec<_>>>()?;
     let sources = sources
         .into_iter()
-        .map(|code| match code {
-            SOURCE_CANDIDATES => Ok(Source::Candidates),
-            SOURCE_HELD_OUT => Ok(Source::HeldOut),
-            k if k >= 0 && (k as usize) < slots.len() => Ok(Source::Data(k as usize)),
-            k => Err(PyValueError::new_err(format!("unknown slot source {k}"))),
+        .map(|source| match source {
+            NameOrNumber::Name(name) if name == "candidates" => Ok(Source::Candidates),
+            NameOrNumber::Name(name) if name == "held_out" => Ok(Source::HeldOut),
+            NameOrNumber::Number(k) if k < slots.len() => Ok(Source::Data(k)),
+            NameOrNumber::Number(k) => Err(PyValueError::new_err(format!(
+                "list source {k}: there are {} data slots",
+                slots.len()
+            ))),
+            NameOrNumber::Name(name) => Err(PyValueError::new_err(format!(
+                "unknown list source {name:?}: a slot number, \"candidates\" or \"held_out\""
+            ))),
         })
         .collect::<PyResult<Vec<_>>>()?;
-    if sources.len() != template.lists.len() {
-        return Err(PyValueError::new_err("one source is needed per template list").into());
-    }
-    let sampling = sampling
-        .map(|(pool, weights, count, provided)| {
-            let pool = downcast::<UInt32Array>(cast(pool, &DataType::UInt32)?);
-            let weights = weights
+    let sampling = job
+        .sampling
+        .map(|sampling| {
+            let pool = downcast::<UInt32Array>(cast(sampling.pool, &DataType::UInt32)?);
+            let weights = sampling
+                .weights
                 .map(|w| Ok::<_, PyErr>(downcast::<Float64Array>(cast(w, &DataType::Float64)?)))
                 .transpose()?;
             check_items(pool.values(), n_items, "pool")?;
@@ -147,16 +208,19 @@ fn build_prompts(
                 weights.map(|w| w.values().to_vec()),
                 n_items,
             );
-            let provided = provided.map(|p| list_of(p, DataType::UInt32)).transpose()?;
+            let provided = sampling
+                .provided
+                .map(|p| list_of(p, DataType::UInt32))
+                .transpose()?;
             Ok::<_, PyErr>(Sampling {
                 sampler,
-                count,
+                count: sampling.count,
                 provided,
             })
         })
         .transpose()?;
-    let user_ids = single(user_ids)?;
-    let rows = user_ids.len();
+    let row_ids = single(job.row_ids)?;
+    let rows = row_ids.len();
     prompts::check_columns(&slots, rows).map_err(PyValueError::new_err)?;
     for slot in &slots {
         if let Some(items) = &slot.items {
@@ -167,65 +231,82 @@ fn build_prompts(
             )?;
         }
     }
-    if history >= slots.len() || also_seen.iter().any(|&k| k >= slots.len()) {
+    if job.history >= slots.len() || job.also_seen.iter().any(|&k| k >= slots.len()) {
         return Err(PyValueError::new_err("history and also_seen must name data slots").into());
     }
-    let job = Job {
+    let prompt_job = Job {
         template,
         sources,
-        history,
-        also_seen,
-        hold_out_last,
+        history: job.history,
+        also_seen: job.also_seen,
+        hold_out_last: job.hold_out_last,
         sampling,
         n_items,
     };
     let chunks = py.detach(|| {
-        let seeds = ids::hash_ids_with_seed(user_ids.as_ref(), seed);
-        seeds.map(|seeds| prompts::build(&job, &slots, &item_fields, &seeds))
+        let seeds = ids::hash_ids_with_seed(row_ids.as_ref(), job.seed);
+        seeds.map(|seeds| prompts::build(&prompt_job, &slots, &item_fields, &seeds))
     });
     let chunks = chunks.map_err(|e| PyValueError::new_err(e.to_string()))?;
     let id_type = item_ids.data_type().clone();
-    let schema = Arc::new(Schema::new(vec![
+    let list_of_field =
+        |dtype: DataType| DataType::List(Arc::new(Field::new_list_field(dtype, false)));
+    let mut fields = vec![
         Field::new("prompt", DataType::LargeUtf8, true),
-        Field::new(
-            "candidates",
-            DataType::List(Arc::new(Field::new_list_field(id_type.clone(), false))),
-            false,
-        ),
+        Field::new("candidates", list_of_field(id_type.clone()), false),
         Field::new("held_out_item", id_type, true),
         Field::new("held_out_position", DataType::UInt32, true),
-        Field::new("status", DataType::UInt8, false),
-    ]));
+        Field::new("status", status_type(), false),
+    ];
+    if item_titles.is_some() {
+        fields.push(Field::new(
+            "candidate_titles",
+            list_of_field(DataType::Utf8),
+            false,
+        ));
+    }
+    let schema = Arc::new(Schema::new(fields));
     let batches = chunks
         .into_iter()
-        .map(|chunk| batch(chunk, &item_ids, schema.clone()))
+        .map(|chunk| batch(chunk, &item_ids, item_titles.as_ref(), schema.clone()))
         .collect::<PyResult<Vec<_>>>()?;
     Ok(PyTable::try_new(batches, schema)?.into())
 }
 
-fn part(arg: TextOrCode) -> PyResult<Part> {
+fn piece(arg: PieceArg) -> PyResult<Piece> {
     Ok(match arg {
-        TextOrCode::Text(text) => Part::Literal(text),
-        TextOrCode::Code(k) if k >= 0 => Part::Slot(k as usize),
-        TextOrCode::Code(k) => return Err(PyValueError::new_err(format!("bad slot {k}"))),
+        PieceArg::Text(text) => Piece::Literal(text),
+        PieceArg::Field(FieldArg { field }) => Piece::Field(match field {
+            NameOrNumber::Number(k) => EntryField::Item(k),
+            NameOrNumber::Name(name) => match name.as_str() {
+                "index" => EntryField::Index,
+                "rating" => EntryField::Rating,
+                "text" => EntryField::Text,
+                _ => {
+                    return Err(PyValueError::new_err(format!(
+                        "unknown entry field {name:?}: an item field number, \"index\", \
+                         \"rating\" or \"text\""
+                    )))
+                }
+            },
+        }),
     })
 }
 
-fn piece(arg: TextOrCode) -> PyResult<Piece> {
-    Ok(match arg {
-        TextOrCode::Text(text) => Piece::Literal(text),
-        TextOrCode::Code(FIELD_INDEX) => Piece::Field(EntryField::Index),
-        TextOrCode::Code(FIELD_RATING) => Piece::Field(EntryField::Rating),
-        TextOrCode::Code(FIELD_TEXT) => Piece::Field(EntryField::Text),
-        TextOrCode::Code(k) if k >= 0 => Piece::Field(EntryField::Item(k as usize)),
-        TextOrCode::Code(k) => return Err(PyValueError::new_err(format!("bad field {k}"))),
-    })
+/// Statuses are written by name (a dictionary of `Status::NAMES`), so Python never maps codes.
+fn status_type() -> DataType {
+    DataType::Dictionary(Box::new(DataType::UInt8), Box::new(DataType::Utf8))
 }
 
-/// One output batch; candidates and held-out items go back to their item ids.
-fn batch(chunk: Chunk, item_ids: &ArrayRef, schema: Arc<Schema>) -> PyResult<RecordBatch> {
-    let ids = |indices: &UInt32Array| {
-        arrow_select::take::take(item_ids, indices, None)
+/// One output batch; candidates and held-out items go back to their item ids (and titles).
+fn batch(
+    chunk: Chunk,
+    item_ids: &ArrayRef,
+    item_titles: Option<&StringArray>,
+    schema: Arc<Schema>,
+) -> PyResult<RecordBatch> {
+    let take = |values: &dyn Array, indices: &UInt32Array| {
+        arrow_select::take::take(values, indices, None)
             .map_err(|e| PyValueError::new_err(e.to_string()))
     };
     let rows = chunk.status.len();
@@ -243,25 +324,35 @@ fn batch(chunk: Chunk, item_ids: &ArrayRef, schema: Arc<Schema>) -> PyResult<Rec
             Some(NullBuffer::from(has_prompt)),
         )
     };
-    let candidates = ListArray::try_new(
-        Arc::new(Field::new_list_field(item_ids.data_type().clone(), false)),
-        OffsetBuffer::new(ScalarBuffer::from(chunk.candidate_offsets)),
-        ids(&UInt32Array::from(chunk.candidates))?,
-        None,
-    )
-    .map_err(|e| PyValueError::new_err(e.to_string()))?;
-    let held_item = ids(&UInt32Array::from(chunk.held_out_item))?;
+    let offsets = OffsetBuffer::new(ScalarBuffer::from(chunk.candidate_offsets));
+    let candidate_indices = UInt32Array::from(chunk.candidates);
+    let list = |values: ArrayRef| {
+        ListArray::try_new(
+            Arc::new(Field::new_list_field(values.data_type().clone(), false)),
+            offsets.clone(),
+            values,
+            None,
+        )
+        .map_err(|e| PyValueError::new_err(e.to_string()))
+    };
+    let candidates = list(take(item_ids.as_ref(), &candidate_indices)?)?;
+    let held_item = take(item_ids.as_ref(), &UInt32Array::from(chunk.held_out_item))?;
     let mut held_position = UInt32Builder::with_capacity(rows);
     held_position.extend(chunk.held_out_position);
-    let mut status = UInt8Builder::with_capacity(rows);
-    status.extend(chunk.status.into_iter().map(|s| Some(s as u8)));
-    let columns: Vec<ArrayRef> = vec![
+    let keys = UInt8Array::from_iter_values(chunk.status.into_iter().map(|s| s as u8));
+    let names = StringArray::from(prompts::Status::NAMES.to_vec());
+    let status = DictionaryArray::<UInt8Type>::try_new(keys, Arc::new(names))
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let mut columns: Vec<ArrayRef> = vec![
         Arc::new(prompt),
         Arc::new(candidates),
         held_item,
         Arc::new(held_position.finish()),
-        Arc::new(status.finish()),
+        Arc::new(status),
     ];
+    if let Some(titles) = item_titles {
+        columns.push(Arc::new(list(take(titles, &candidate_indices)?)?));
+    }
     RecordBatch::try_new(schema, columns).map_err(|e| PyValueError::new_err(e.to_string()))
 }
 

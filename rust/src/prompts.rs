@@ -59,13 +59,18 @@ pub struct Job {
     pub n_items: usize,
 }
 
-/// What became of a row.
+/// What became of a row; Python reads the names (`PromptStatus` in `itdr_batch/status.py`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Status {
     Ok = 0,
     EmptyHistory = 1,
     TooFewCandidates = 2,
+}
+
+impl Status {
+    /// Each status's name, indexed by its discriminant.
+    pub const NAMES: [&'static str; 3] = ["ok", "empty_history", "too_few_candidates"];
 }
 
 /// The rendered rows of one chunk.
@@ -276,4 +281,20 @@ fn values_as<T: 'static>(list: &ListArray) -> &T {
         .as_any()
         .downcast_ref::<T>()
         .expect("list value types are checked by the binding")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Status;
+
+    #[test]
+    fn status_names_are_indexed_by_discriminant() {
+        for (status, name) in [
+            (Status::Ok, "ok"),
+            (Status::EmptyHistory, "empty_history"),
+            (Status::TooFewCandidates, "too_few_candidates"),
+        ] {
+            assert_eq!(Status::NAMES[status as usize], name);
+        }
+    }
 }

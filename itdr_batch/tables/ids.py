@@ -1,4 +1,4 @@
-"""Stable hashing of ids (DESIGN.md §5), the Polars face of ``_core.stable_hash``.
+"""Stable hashing of ids (README, "Stable hash"), the Polars face of ``_core.stable_hash``.
 
 A user's shard and candidates depend only on this hash, never on shard composition, so any split
 of the users gives the same rows.

@@ -15,10 +15,10 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from itdr_batch.chat import CHAT_FORMATS
 from itdr_batch.datasets import SAMPLE, read_movielens
-from itdr_batch.tasks import DOMAINS, TEMPLATES
-from itdr_batch.testing import BUILD_STAMP, commit_folder, fresh_folder, is_built
+from itdr_batch.dev.tiny import BUILD_STAMP, commit_folder, fresh_folder, is_built
+from itdr_batch.prompts.chat import CHAT_FORMATS
+from itdr_batch.prompts.templates import DOMAINS, TEMPLATES
 
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 # Qwen2.5's pre-tokenizer split: letters with one leading non-letter, single digits, punctuation.

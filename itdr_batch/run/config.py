@@ -13,28 +13,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from itdr_batch.chat import CHAT_FORMATS, ChatFormat
 from itdr_batch.engines.config import Adapters, DType, EngineConfig, EngineOptions
-from itdr_batch.prompts import PromptConfig
-from itdr_batch.scoring import MODES, Mode, ScoringConfig
-from itdr_batch.tasks import DOMAINS, RANKING_TASKS, Task
+from itdr_batch.errors import ItdrError
+from itdr_batch.prompts.build import PromptConfig
+from itdr_batch.prompts.chat import CHAT_FORMATS, ChatFormat
+from itdr_batch.prompts.templates import DOMAINS
+from itdr_batch.scoring.modes import RATING_SCALE, ScoringConfig
+from itdr_batch.tasks import Mode, Task, spec
 
-# Each task's mode when the configuration names none: the cheapest mode that scores every
-# candidate (generate for the text tasks, which have nothing else).
-DEFAULT_MODES = {
-    Task.TKR: Mode.LIKELIHOOD,
-    Task.CDR: Mode.LIKELIHOOD,
-    Task.NIR: Mode.LIKELIHOOD,
-    Task.RP: Mode.LABEL,
-    Task.UAP: Mode.GENERATE,
-    Task.IR: Mode.GENERATE,
-    Task.TUI: Mode.GENERATE,
-}
 # Keys holding paths: relative ones in a TOML file are relative to that file's folder.
 PATH_KEYS = (("data", "interactions"), ("data", "items"), ("model", "path"), ("output", "dir"))
 
 
-class ConfigError(ValueError):
+class ConfigError(ItdrError):
     """A configuration that cannot run; the message names the key and what is allowed."""
 
 
@@ -65,10 +56,13 @@ class PromptsConfig(Section):
     def _distinct(cls, tasks: tuple[Task, ...]) -> tuple[Task, ...]:
         if len(set(tasks)) != len(tasks):
             raise ValueError("tasks must not repeat")
-        if Task.TUI in tasks and len(tasks) > 1:
-            raise ValueError(
-                "tui scores items (a shard of item_id), so it runs in a job of its own"
-            )
+        # A shard's rows are users or items: tasks whose rows are items run in a job of their own.
+        for task in tasks:
+            key = spec(task).key
+            if key != "user_id" and len(tasks) > 1:
+                raise ValueError(
+                    f"{task} scores items (a shard of {key}), so it runs in a job of its own"
+                )
         return tasks
 
     @field_validator("domain")
@@ -105,12 +99,12 @@ class ModelConfig(Section):
 
 
 class ScoringSection(Section):
-    # One mode for every task, or per task in `modes`; unset: DEFAULT_MODES.
+    # One mode for every task, or per task in `modes`; unset: each task's default mode.
     mode: Mode | None = None
     modes: dict[Task, Mode] = Field(default_factory=dict)
     # Users per batch: sets peak memory and the unit of resumption.
     batch_size: int = Field(default=256, ge=1)
-    rating_scale: tuple[float, ...] = Field(default=(1.0, 2.0, 3.0, 4.0, 5.0), min_length=1)
+    rating_scale: tuple[float, ...] = Field(default=RATING_SCALE, min_length=1)
     max_new_tokens: int | None = Field(default=None, ge=1)
     # How many times requests that failed in the engine are sent again before being rejected.
     retries: int = Field(default=2, ge=0)
@@ -136,25 +130,27 @@ class JobConfig(Section):
     @model_validator(mode="after")
     def _modes_fit_tasks(self) -> "JobConfig":
         for task in self.prompts.tasks:
-            mode = self.mode(task)
-            if mode not in MODES[task]:
-                allowed = ", ".join(sorted(MODES[task]))
+            mode, allowed = self.mode(task), spec(task).modes
+            if mode not in allowed:
                 key = "scoring.modes." + task if task in self.scoring.modes else "scoring.mode"
                 raise ValueError(
-                    f"{key}: task {task} cannot be scored in mode {mode}; use {allowed}"
+                    f"{key}: task {task} cannot be scored in mode {mode}; "
+                    f"use {', '.join(sorted(allowed))}"
                 )
-        if Task.CDR in self.prompts.tasks and not (
-            self.prompts.source_domain and self.prompts.target_domain
-        ):
-            raise ValueError("task cdr needs prompts.source_domain and prompts.target_domain")
+            if spec(task).needs_domains and not (
+                self.prompts.source_domain and self.prompts.target_domain
+            ):
+                raise ValueError(
+                    f"task {task} needs prompts.source_domain and prompts.target_domain"
+                )
         return self
 
     def mode(self, task: Task) -> Mode:
-        return self.scoring.modes.get(task) or self.scoring.mode or DEFAULT_MODES[task]
+        return self.scoring.modes.get(task) or self.scoring.mode or spec(task).default_mode
 
     def key(self) -> str:
-        """The shard's id column: item_id for TUI (its rows are items), else user_id."""
-        return "item_id" if self.prompts.tasks == (Task.TUI,) else "user_id"
+        """The shard's id column (the tasks of a job share it: see ``PromptsConfig``)."""
+        return spec(self.prompts.tasks[0]).key
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
@@ -177,7 +173,7 @@ class JobConfig(Section):
             candidates=p.candidates,
             strategy=p.strategy,
             popularity_exponent=p.popularity_exponent,
-            evaluation=p.evaluation and task in (RANKING_TASKS | {Task.RP}),
+            evaluation=p.evaluation and spec(task).holds_out,
             seed=self.seed,
             item_fields=p.item_fields,
             source_domain=p.source_domain,
@@ -188,6 +184,11 @@ class JobConfig(Section):
         return ScoringConfig(
             task, self.mode(task), self.scoring.rating_scale, self.scoring.max_new_tokens
         )
+
+    def dump(self) -> dict[str, Any]:
+        """As written in manifests: JSON values, the TOML spellings (``engine.kind``)."""
+        settings: dict[str, Any] = self.model_dump(mode="json", by_alias=True)
+        return settings
 
     def digest(self) -> str:
         """A hash of everything that shapes the results (not where they are written)."""

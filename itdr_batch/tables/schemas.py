@@ -1,6 +1,6 @@
-"""The canonical tables (DESIGN.md §3), declared once.
+"""The canonical tables (README, "Canonical tables"), declared once.
 
-Each column has a *kind*; validation (``tables.py``) accepts every input dtype of that kind and
+Each column has a *kind*; validation (``load.py``) accepts every input dtype of that kind and
 normalises it to one canonical dtype, so the rest of the job sees a single representation:
 ids stay int64 or string, timestamps become int64 epoch seconds, ratings float64, and
 category/genres lists of strings. Columns not declared here pass through untouched.

@@ -1,6 +1,6 @@
-"""The three scoring modes (DESIGN.md §4) on top of any engine.
+"""The three scoring modes (README, "Engines and scoring modes") on top of any engine.
 
-- ``generate``: greedy decoding of the trained answer, parsed back (``itdr_batch.parsing``).
+- ``generate``: greedy decoding of the trained answer, parsed back (``itdr_batch.scoring.parsing``).
 - ``likelihood``: per candidate, the mean log-probability of the answer the adapter would emit
   for it (TKR/CDR ``1. <title>``, NIR ``<title>``, RP each rating of the scale), softmax within
   the list. The engines prefill each shared prompt once.
@@ -11,50 +11,40 @@
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import polars as pl
 
 from itdr_batch.engines import Engine, Failure, Prompt
-from itdr_batch.parsing import parse_attributes, parse_ranking, parse_rating, parse_text
-from itdr_batch.tasks import RANKING_TASKS, Task
+from itdr_batch.errors import ItdrError
+from itdr_batch.scoring.parsing import parse_attributes, parse_ranking, parse_rating, parse_text
+from itdr_batch.status import ScoreStatus
+from itdr_batch.tasks import Mode, ResultKind, Task, spec
+
+# The ratings RP scores when the configuration names none.
+RATING_SCALE = (1.0, 2.0, 3.0, 4.0, 5.0)
 
 
-class Mode(StrEnum):
-    GENERATE = "generate"
-    LIKELIHOOD = "likelihood"
-    LABEL = "label"
-
-
-MODES: dict[Task, frozenset[Mode]] = {
-    Task.TKR: frozenset({Mode.GENERATE, Mode.LIKELIHOOD}),
-    Task.CDR: frozenset({Mode.GENERATE, Mode.LIKELIHOOD}),
-    Task.NIR: frozenset({Mode.GENERATE, Mode.LIKELIHOOD}),
-    Task.RP: frozenset({Mode.GENERATE, Mode.LIKELIHOOD, Mode.LABEL}),
-    Task.UAP: frozenset({Mode.GENERATE}),
-    Task.IR: frozenset({Mode.GENERATE}),
-    Task.TUI: frozenset({Mode.GENERATE}),
-}
-# Generated tokens allowed per task; ranked lists get this many per presented candidate.
-MAX_NEW_TOKENS = {Task.RP: 8, Task.NIR: 64, Task.UAP: 64, Task.IR: 256, Task.TUI: 256}
-TOKENS_PER_RANKED_LINE = 24
+class ScoringError(ItdrError):
+    """A scoring configuration that cannot run with this task or tokenizer."""
 
 
 @dataclass(frozen=True)
 class ScoringConfig:
     task: Task
     mode: Mode
-    rating_scale: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0)
+    rating_scale: tuple[float, ...] = RATING_SCALE
     max_new_tokens: int | None = None
 
     def __post_init__(self) -> None:
-        allowed = MODES[Task(self.task)]
+        allowed = spec(self.task).modes
         if Mode(self.mode) not in allowed:
             names = ", ".join(sorted(allowed))
-            raise ValueError(f"task {self.task} cannot be scored in mode {self.mode}; use {names}")
+            raise ScoringError(
+                f"task {self.task} cannot be scored in mode {self.mode}; use {names}"
+            )
         if not self.rating_scale:
-            raise ValueError("rating_scale must hold at least one rating")
+            raise ScoringError("rating_scale must hold at least one rating")
 
 
 @dataclass(frozen=True)
@@ -70,7 +60,7 @@ class Row:
 class Scored:
     """One row's result. Per-candidate lists follow the presented order; ranks start at 1."""
 
-    status: str
+    status: ScoreStatus
     scores: list[float] | None = None
     probs: list[float] | None = None
     ranks: list[int] | None = None
@@ -79,6 +69,10 @@ class Scored:
     text: str | None = None
     fields: dict[str, str] = field(default_factory=dict)
     detail: str | None = None
+
+    def __post_init__(self) -> None:
+        # A status outside the vocabulary fails here, where it is made.
+        self.status = ScoreStatus(self.status)
 
 
 class Scorer:
@@ -89,6 +83,7 @@ class Scorer:
         self.tokenizer = tokenizer
         self.config = config
         self.task = Task(config.task)
+        self.spec = spec(self.task)
         self.mode = Mode(config.mode)
         self._ratings = [f"{r:g}" for r in config.rating_scale]
         self._label_ids: list[int] = []
@@ -97,7 +92,7 @@ class Scorer:
         if self.mode is Mode.LABEL:
             for rating, ids in zip(self._ratings, self._encode(self._ratings), strict=True):
                 if len(ids) != 1:
-                    raise ValueError(
+                    raise ScoringError(
                         f"label mode needs each rating to be one token; {rating!r} is {len(ids)} "
                         "tokens for this tokenizer: use likelihood mode"
                     )
@@ -106,7 +101,7 @@ class Scorer:
     def score(self, rows: Sequence[Row]) -> list[Scored]:
         unknown = {r.adapter for r in rows} - {None, *self.engine.adapters}
         if unknown:
-            raise ValueError(f"unknown adapter(s) {sorted(map(str, unknown))}")
+            raise ScoringError(f"unknown adapter(s) {sorted(map(str, unknown))}")
         prompts = [
             Prompt(ids, row.adapter)
             for ids, row in zip(self._encode([r.prompt for r in rows]), rows, strict=True)
@@ -120,12 +115,11 @@ class Scorer:
         return self._likelihood(rows, prompts)
 
     def _likelihood(self, rows: Sequence[Row], prompts: list[Prompt]) -> list[Scored]:
-        if self.task is Task.RP:
+        answer = self.spec.likelihood_answer
+        if answer is None:
             answers = [self._ratings] * len(rows)
-        elif self.task is Task.NIR:
-            answers = [list(r.candidates) for r in rows]
         else:
-            answers = [[f"1. {title}" for title in r.candidates] for r in rows]
+            answers = [[answer.format(title=title) for title in r.candidates] for r in rows]
         encoded = [self._encode(a) if a else [] for a in answers]
         outs = self.engine.continuation_logprobs(prompts, encoded)
         results = []
@@ -134,13 +128,13 @@ class Scorer:
                 results.append(_failed(out))
                 continue
             means = [sum(lp) / len(lp) if lp else -math.inf for lp in out]
-            if self.task is Task.RP:
+            if answer is None:
                 results.append(self._rating(means))
             elif not means:
-                results.append(Scored("no_candidates"))
+                results.append(Scored(ScoreStatus.NO_CANDIDATES))
             else:
                 results.append(
-                    Scored("ok", scores=means, probs=_softmax(means), ranks=_ranks(means))
+                    Scored(ScoreStatus.OK, scores=means, probs=_softmax(means), ranks=_ranks(means))
                 )
         return results
 
@@ -150,17 +144,14 @@ class Scorer:
         best = max(range(len(scale)), key=probs.__getitem__)
         expected = sum(p * r for p, r in zip(probs, scale, strict=True))
         return Scored(
-            "ok", scores=logprobs, probs=probs, rating=expected, rating_argmax=scale[best]
+            ScoreStatus.OK, scores=logprobs, probs=probs, rating=expected, rating_argmax=scale[best]
         )
 
     def _generate(self, rows: Sequence[Row], prompts: list[Prompt]) -> list[Scored]:
         limit = self.config.max_new_tokens
         if limit is None:
-            if self.task in RANKING_TASKS and self.task is not Task.NIR:
-                widest = max((len(r.candidates) for r in rows), default=1)
-                limit = TOKENS_PER_RANKED_LINE * widest
-            else:
-                limit = MAX_NEW_TOKENS[self.task]
+            widest = max((len(r.candidates) for r in rows), default=1)
+            limit = self.spec.max_new_tokens(widest)
         outs = self.engine.generate(prompts, limit)
         results = []
         for row, out in zip(rows, outs, strict=True):
@@ -172,18 +163,20 @@ class Scorer:
         return results
 
     def _parsed(self, row: Row, text: str) -> Scored:
-        if self.task in RANKING_TASKS:
+        result = self.spec.result
+        if result is ResultKind.RANKING:
             if not row.candidates:
-                return Scored("no_candidates", text=text)
-            ranking = parse_ranking(text, row.candidates, single=self.task is Task.NIR)
+                return Scored(ScoreStatus.NO_CANDIDATES, text=text)
+            single = not self.spec.ranked_list_answer
+            ranking = parse_ranking(text, row.candidates, single=single)
             ranks = [0] * len(ranking.order)
             for position, candidate in enumerate(ranking.order):
                 ranks[candidate] = position + 1
             return Scored(ranking.status, ranks=ranks, text=text)
-        if self.task is Task.RP:
+        if result is ResultKind.RATING:
             rating, status = parse_rating(text, self.config.rating_scale)
             return Scored(status, rating=rating, text=text)
-        if self.task is Task.UAP:
+        if result is ResultKind.ATTRIBUTES:
             fields, status = parse_attributes(text)
             return Scored(status, text=text, fields=fields)
         stripped, status = parse_text(text)
@@ -216,18 +209,12 @@ def _ranks(scores: list[float]) -> list[int]:
     return ranks
 
 
-def rows_from_prompts(
-    prompts: pl.DataFrame, items: pl.DataFrame, adapter: str | None = None
-) -> list[Row]:
-    """Rows for the built prompts of ``build_prompts``; candidate ids become their titles."""
+def rows_from_prompts(prompts: pl.DataFrame, adapter: str | None = None) -> list[Row]:
+    """Rows for the built prompts of ``build_prompts``, with their candidates' titles."""
     built = prompts.filter(pl.col("prompt").is_not_null())
-    if "candidates" not in built.columns:
+    if "candidate_titles" not in built.columns:
         return [Row(p, adapter=adapter) for p in built["prompt"].to_list()]
-    titles = built.select(
-        pl.col("candidates").list.eval(
-            pl.element().replace_strict(items["item_id"], items["title"], return_dtype=pl.String)
-        )
-    )["candidates"]
     return [
-        Row(p, t, adapter) for p, t in zip(built["prompt"].to_list(), titles.to_list(), strict=True)
+        Row(p, t, adapter)
+        for p, t in zip(built["prompt"].to_list(), built["candidate_titles"].to_list(), strict=True)
     ]

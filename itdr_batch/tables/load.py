@@ -13,7 +13,16 @@ from pathlib import Path
 
 import polars as pl
 
-from itdr_batch.schemas import INTERACTIONS, ITEM_SHARD, ITEMS, USERS, Column, Kind, TableSchema
+from itdr_batch.errors import ItdrError
+from itdr_batch.tables.schemas import (
+    INTERACTIONS,
+    ITEM_SHARD,
+    ITEMS,
+    USERS,
+    Column,
+    Kind,
+    TableSchema,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +51,7 @@ class Problem:
         return text
 
 
-class TableError(ValueError):
+class TableError(ItdrError):
     """A table breaks its contract; ``str()`` names the file and every problem found."""
 
     def __init__(self, source: str, problems: list[Problem]) -> None:

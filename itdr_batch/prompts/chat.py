@@ -8,7 +8,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from itdr_batch.errors import ItdrError
+
 QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+
+class ChatFormatError(ItdrError):
+    """A chat format that is malformed, unknown, or does not fit the model's tokenizer."""
 
 
 @dataclass(frozen=True)
@@ -20,7 +26,9 @@ class ChatFormat:
 
     def __post_init__(self) -> None:
         if self.template.count("{content}") != 1:
-            raise ValueError(f"chat template must hold {{content}} exactly once: {self.template!r}")
+            raise ChatFormatError(
+                f"chat template must hold {{content}} exactly once: {self.template!r}"
+            )
 
     def split(self) -> tuple[str, str]:
         """The text before and after the user turn."""
@@ -51,7 +59,7 @@ def chat_format(name_or_format: str | ChatFormat) -> ChatFormat:
         return CHAT_FORMATS[name_or_format]
     except KeyError:
         known = ", ".join(CHAT_FORMATS)
-        raise ValueError(f"unknown chat format {name_or_format!r}; known: {known}") from None
+        raise ChatFormatError(f"unknown chat format {name_or_format!r}; known: {known}") from None
 
 
 # Chat markup the formats use; each must be one special token of the model's tokenizer.
@@ -68,7 +76,7 @@ def check_tokenizer(fmt: ChatFormat, tokenizer: Any, model: str) -> None:
         fits = [
             name for name, known in CHAT_FORMATS.items() if not _foreign_markers(known, tokenizer)
         ]
-        raise ValueError(
+        raise ChatFormatError(
             f"model.chat: {marker!r} is not a token of {model}'s tokenizer, so the model was "
             f"not trained with this chat format; formats that fit it: {', '.join(fits)}"
         )

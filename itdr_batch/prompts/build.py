@@ -3,29 +3,42 @@
 Polars does the joins and grouping (each row's history as list columns in timestamp order,
 ties in input order); ``_core.build_prompts`` samples each row's candidates and writes its prompt
 in parallel, with the GIL released, and returns Arrow. A row's candidates depend only on the
-seed, its id and the configuration (DESIGN.md §5), so any sharding or batching gives the same
-rows. Popularity weights are counted over the whole interactions table, never over a shard.
+seed, its id and the configuration (README, "Stable hash"), so any sharding or batching gives the
+same rows. Popularity weights are counted over the whole interactions table, never over a shard.
 """
 
 import json
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import polars as pl
 from arro3.core.types import ArrowStreamExportable
 
 from itdr_batch import _core
-from itdr_batch.chat import ChatFormat, chat_format
-from itdr_batch.tasks import DOMAINS, RANKING_TASKS, TEMPLATES, Domain, Task, TaskTemplate
+from itdr_batch.core_args import EntryField, ListFormat, PromptJob, Sampling
+from itdr_batch.errors import ItdrError
+from itdr_batch.prompts.chat import ChatFormat, chat_format
+from itdr_batch.prompts.templates import DOMAINS, TEMPLATES, Domain, TaskTemplate
+from itdr_batch.status import PROMPT_STATUS, PromptStatus
+from itdr_batch.tasks import ResultKind, Task, spec
 
-# Entry fields that are not item fields, and their codes in `_core.build_prompts`.
-ENTRY_FIELDS = {"index": -1, "rating": -2, "text": -3}
-CANDIDATES, HELD_OUT = -1, -2
+# Entry fields that are not item fields (the rest are item columns).
+ENTRY_FIELDS: dict[str, EntryField] = {
+    "index": {"field": "index"},
+    "rating": {"field": "rating"},
+    "text": {"field": "text"},
+}
 INPUT_ORDER = "__input_order"
 
-STATUSES = pl.Enum(["ok", "empty_history", "too_few_candidates", "no_target"])
+
+# A piece of a compiled text besides literal strings: a list number or an entry field.
+P = TypeVar("P", int, EntryField)
+
+
+class PromptError(ItdrError):
+    """A prompt configuration or template that cannot be built from the given tables."""
 
 
 @dataclass(frozen=True)
@@ -53,16 +66,16 @@ class PromptConfig:
     attribute_names: tuple[str, ...] = ("age group", "gender", "occupation")
 
     def __post_init__(self) -> None:
-        Task(self.task)
+        spec(self.task)
         if self.history_len < 1 or self.candidates < 1:
-            raise ValueError("history_len and candidates must be at least 1")
+            raise PromptError("history_len and candidates must be at least 1")
         if self.strategy not in ("uniform", "popularity"):
-            raise ValueError(f"strategy must be uniform or popularity, not {self.strategy!r}")
+            raise PromptError(f"strategy must be uniform or popularity, not {self.strategy!r}")
         if not 0 <= self.popularity_exponent < float("inf"):
-            raise ValueError("popularity_exponent must be finite and at least 0")
+            raise PromptError("popularity_exponent must be finite and at least 0")
         if isinstance(self.domain, str) and self.domain not in DOMAINS:
             known = ", ".join(DOMAINS)
-            raise ValueError(f"unknown domain {self.domain!r}; known: {known}")
+            raise PromptError(f"unknown domain {self.domain!r}; known: {known}")
 
     def words(self) -> dict[str, str]:
         domain = self.domain if isinstance(self.domain, Domain) else DOMAINS[self.domain]
@@ -97,9 +110,10 @@ def build_prompts(
     """One prompt per row of ``rows`` (a users shard; for TUI, a frame of ``item_id``s).
 
     Returns the row's id, ``prompt`` (null unless it could be built), ``candidates`` (item ids
-    in presented order, ranking tasks), ``held_out_item_id``/``held_out_position``
-    (evaluation), ``target_item_id`` (RP), ``unknown_candidates`` (provided candidates not in
-    the items) and ``status``. ``item_counts`` (``popularity_counts`` of the whole table) spares
+    in presented order, ranking tasks) and their ``candidate_titles``,
+    ``held_out_item_id``/``held_out_position`` (evaluation), ``target_item_id`` (RP),
+    ``unknown_candidates`` (provided candidates not in the items) and ``status``
+    (``PromptStatus``). ``item_counts`` (``popularity_counts`` of the whole table) spares
     the popularity strategy a pass over ``interactions`` when they hold only the rows' histories.
     """
     return prepare(rows, interactions, items, config, item_counts).render()
@@ -113,38 +127,43 @@ def popularity_counts(interactions: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame
 
 @dataclass(frozen=True)
 class Prepared:
-    """A task's rows with their lists, and the arguments of the Rust call that renders them."""
+    """A task's rows with their lists, and the Rust call's argument that renders them."""
 
     task: Task
     key: str
     frame: pl.DataFrame
     hold_out: bool
-    core_args: dict[str, Any]
+    job: PromptJob
 
     def render(self) -> pl.DataFrame:
-        return self.finish(_core.build_prompts(**self.core_args))
+        return self.finish(_core.build_prompts(self.job))
 
     def finish(self, table: ArrowStreamExportable) -> pl.DataFrame:
-        """The rows' ids next to what the Rust core returned, statuses named."""
+        """The rows' ids next to what the Rust core returned; statuses as ``PromptStatus``."""
         built = pl.DataFrame(table)
-        status = pl.Series(["ok", "empty_history", "too_few_candidates"]).gather(built["status"])
         out = self.frame.select(self.key).with_columns(
             prompt=built["prompt"].cast(pl.String),
-            status=status.cast(STATUSES),
+            # Strict: a status Rust names but the vocabulary lacks is an error here.
+            status=built["status"].cast(pl.String).cast(PROMPT_STATUS),
         )
-        if self.task in RANKING_TASKS:
-            out = out.with_columns(candidates=built["candidates"])
+        task = spec(self.task)
+        if task.ranking:
+            out = out.with_columns(
+                candidates=built["candidates"], candidate_titles=built["candidate_titles"]
+            )
         if self.hold_out:
             out = out.with_columns(
                 held_out_item_id=built["held_out_item"],
                 held_out_position=built["held_out_position"],
             )
-        if self.task is Task.RP and not self.hold_out:
-            no_target = pl.col("status").eq("ok") & self.frame["target"].list.len().eq(0)
+        if task.result is ResultKind.RATING and not self.hold_out:
+            no_target = pl.col("status").eq(PromptStatus.OK) & self.frame["target"].list.len().eq(0)
             out = out.with_columns(
                 target_item_id=self.frame["target_item_id"],
                 prompt=pl.when(no_target).then(None).otherwise("prompt"),
-                status=pl.when(no_target).then(pl.lit("no_target", STATUSES)).otherwise("status"),
+                status=pl.when(no_target)
+                .then(pl.lit(PromptStatus.NO_TARGET, PROMPT_STATUS))
+                .otherwise("status"),
             )
         if "unknown_candidates" in self.frame.columns:
             out = out.with_columns(self.frame["unknown_candidates"])
@@ -160,6 +179,7 @@ def prepare(
 ) -> Prepared:
     """Polars' half of the work: each row's lists, the compiled template, the sampler's pool."""
     task = Task(config.task)
+    rules = spec(task)
     template = config.template or TEMPLATES[task]
     indexed = items.with_row_index("idx")
     # Ties in time keep the input order, whatever the joins and filters below do to row order.
@@ -167,38 +187,40 @@ def prepare(
     frame, slots, history, also_seen = _row_data(task, rows, ordered, indexed, config)
 
     fields: list[str] = []
-    parts, lists, sources = _compile(config, template, slots, fields)
-    hold_out = config.evaluation and task in (RANKING_TASKS | {Task.RP})
-    if hold_out and task is Task.RP:
+    parts, lists = _compile(config, template, slots, fields)
+    hold_out = config.evaluation and rules.holds_out
+    if hold_out and rules.result is ResultKind.RATING:
+        # The target is the held-out entry, not the shard's target item.
         target = list(slots).index("target")
-        sources = [HELD_OUT if s == target else s for s in sources]
+        for entry in lists:
+            if entry["source"] == target:
+                entry["source"] = "held_out"
     sampling = None
-    if task in RANKING_TASKS:
+    if rules.ranking:
         sampling = _sampling(task, frame, interactions, indexed, config, item_counts)
-    key = "item_id" if task is Task.TUI else "user_id"
-    core_args = {
-        "user_ids": frame[key],
+    job: PromptJob = {
+        "row_ids": frame[rules.key],
         "seed": config.seed,
         "parts": parts,
         "lists": lists,
-        "sources": sources,
-        "columns": [
-            (
-                None if s.items is None else frame[s.items],
-                None if s.ratings is None else frame[s.ratings],
-                None if s.texts is None else frame[s.texts],
-                s.max_entries,
-            )
+        "slots": [
+            {
+                "items": None if s.items is None else frame[s.items],
+                "ratings": None if s.ratings is None else frame[s.ratings],
+                "texts": None if s.texts is None else frame[s.texts],
+                "max_entries": s.max_entries,
+            }
             for s in slots.values()
         ],
         "item_ids": indexed["item_id"],
+        "item_titles": indexed["title"] if rules.ranking else None,
         "item_fields": [_item_field(indexed, name, config) for name in fields],
         "history": list(slots).index(history),
         "also_seen": [list(slots).index(name) for name in also_seen],
         "hold_out_last": hold_out,
         "sampling": sampling,
     }
-    return Prepared(task, key, frame, hold_out, core_args)
+    return Prepared(task, rules.key, frame, hold_out, job)
 
 
 def _row_data(
@@ -210,10 +232,8 @@ def _row_data(
 ) -> tuple[pl.DataFrame, dict[str, Slot], str, list[str]]:
     """The rows with their list columns, the task's data slots, and which slots hold history."""
     n = config.history_len
-    if task is Task.CDR and not (config.source_domain and config.target_domain):
-        raise ValueError("task cdr: set source_domain and target_domain")
+    _require_columns(task, config, interactions, items)
     if task is Task.TUI:
-        _require_columns(task, interactions, items)
         reviews = _grouped(
             interactions.filter(_has_text()), items, "item_id", texts=pl.col("review")
         )
@@ -222,7 +242,6 @@ def _row_data(
         slots = {"reviews": Slot(texts="texts", max_entries=n), "target": Slot(items="target")}
         return frame, slots, "reviews", []
 
-    _require_columns(task, interactions, items)
     columns: dict[str, pl.Expr]
     idx = pl.col("idx")
     if task is Task.CDR:
@@ -265,12 +284,12 @@ def _row_data(
     needed = interactions.join(rows.lazy().select("user_id"), on="user_id", how="semi")
     grouped = _grouped(needed, items, "user_id", **columns)
     frame = _attach(rows, grouped, "user_id", items)
-    if task is Task.RP:
+    if spec(task).result is ResultKind.RATING:
         if "target_item_id" not in frame.columns:
             frame = frame.with_columns(target_item_id=pl.lit(None, items["item_id"].dtype))
         frame = frame.with_columns(target=item_indices(pl.concat_list("target_item_id"), items))
         slots["target"] = Slot(items="target")
-    if task in RANKING_TASKS and "candidates" in rows.columns:
+    if spec(task).ranking and "candidates" in rows.columns:
         known = item_indices(pl.col("candidates"), items)
         frame = frame.with_columns(
             provided=known,
@@ -281,15 +300,20 @@ def _row_data(
     return frame, slots, "history", also_seen
 
 
-def _require_columns(task: Task, interactions: pl.LazyFrame, items: pl.DataFrame) -> None:
-    """Tasks that show ratings, reviews or domains need those columns."""
-    needs = {Task.RP: ["rating"], Task.IR: ["rating", "review"], Task.TUI: ["review"]}
+def _require_columns(
+    task: Task, config: PromptConfig, interactions: pl.LazyFrame, items: pl.DataFrame
+) -> None:
+    """Tasks that show ratings, reviews or domains need those columns (``TaskSpec``)."""
+    rules = spec(task)
+    if rules.needs_domains and not (config.source_domain and config.target_domain):
+        raise PromptError(f"task {task}: set source_domain and target_domain")
     present = interactions.collect_schema().names()
-    missing = [c for c in needs.get(task, []) if c not in present]
+    missing = [c for c in rules.interaction_columns if c not in present]
     if missing:
-        raise ValueError(f"task {task}: interactions need column(s) {missing}")
-    if task is Task.CDR and "domain" not in items.columns:
-        raise ValueError("task cdr: items need a domain column")
+        raise PromptError(f"task {task}: interactions need column(s) {missing}")
+    missing = [c for c in rules.item_columns if c not in items.columns]
+    if missing:
+        raise PromptError(f"task {task}: items need column(s) {missing}")
 
 
 def _grouped(
@@ -339,9 +363,10 @@ def _sampling(
     items: pl.DataFrame,
     config: PromptConfig,
     item_counts: pl.DataFrame | None,
-) -> tuple[pl.Series, pl.Series | None, int, pl.Series | None]:
+) -> Sampling:
     pool = items
-    if task is Task.CDR:
+    if spec(task).needs_domains:
+        # Cross-domain: candidates come from the target domain only.
         pool = items.filter(pl.col("domain") == config.target_domain)
     weights = None
     if config.strategy == "popularity":
@@ -349,13 +374,18 @@ def _sampling(
         counted = pool.join(counts, on="item_id", how="left", maintain_order="left")
         weights = counted["count"].fill_null(0).cast(pl.Float64).pow(config.popularity_exponent)
     provided = frame["provided"] if "provided" in frame.columns else None
-    return pool["idx"], weights, config.candidates, provided
+    return {
+        "pool": pool["idx"],
+        "weights": weights,
+        "count": config.candidates,
+        "provided": provided,
+    }
 
 
 def _compile(
     config: PromptConfig, template: TaskTemplate, slots: Mapping[str, Slot], fields: list[str]
-) -> tuple[list[str | int], list[tuple[list[str | int], str | None]], list[int]]:
-    """The template as `_core` takes it: literal text and slot numbers; fills `fields`."""
+) -> tuple[list[str | int], list[ListFormat]]:
+    """The template as `_core` takes it: literal text and list numbers; fills `fields`."""
     before, after = chat_format(config.chat).split()
     words = config.words()
     names = list(template.lists)
@@ -366,34 +396,35 @@ def _compile(
         if name in names:
             return names.index(name)
         known = ", ".join([*words, *names])
-        raise ValueError(f"task {config.task}: unknown placeholder {{{name}}}; known: {known}")
+        raise PromptError(f"task {config.task}: unknown placeholder {{{name}}}; known: {known}")
 
-    def entry_field(name: str) -> int:
+    def entry_field(name: str) -> str | EntryField:
         if name in ENTRY_FIELDS:
             return ENTRY_FIELDS[name]
         if name not in fields:
             fields.append(name)
-        return fields.index(name)
+        return {"field": fields.index(name)}
 
     parts = [before + template.description + "\n", *_pieces(template.input, placeholder), after]
-    lists: list[tuple[list[str | int], str | None]] = []
-    sources: list[int] = []
+    lists: list[ListFormat] = []
     data = list(slots)
-    for name, spec in template.lists.items():
-        source = spec.source or name
-        if source == "candidates":
-            sources.append(CANDIDATES)
-        elif source in data:
-            sources.append(data.index(source))
+    for name, list_spec in template.lists.items():
+        shown = list_spec.source or name
+        source: int | Literal["candidates"]
+        if shown == "candidates":
+            source = "candidates"
+        elif shown in data:
+            source = data.index(shown)
         else:
-            raise ValueError(f"task {config.task}: list {name!r} shows unknown data {source!r}")
-        lists.append((_pieces(spec.entry, entry_field), spec.separator))
-    return _merged(parts), lists, sources
+            raise PromptError(f"task {config.task}: list {name!r} shows unknown data {shown!r}")
+        entry = _pieces(list_spec.entry, entry_field)
+        lists.append({"entry": entry, "separator": list_spec.separator, "source": source})
+    return _merged(parts), lists
 
 
-def _pieces(text: str, resolve: Callable[[str], str | int]) -> list[str | int]:
+def _pieces(text: str, resolve: Callable[[str], str | P]) -> list[str | P]:
     """`text` split at its `{name}` placeholders, each replaced by `resolve(name)`."""
-    pieces: list[str | int] = []
+    pieces: list[str | P] = []
     for before, name, _, _ in string.Formatter().parse(text):
         pieces.append(before)
         if name is not None:
@@ -401,9 +432,9 @@ def _pieces(text: str, resolve: Callable[[str], str | int]) -> list[str | int]:
     return _merged(pieces)
 
 
-def _merged(pieces: list[str | int]) -> list[str | int]:
+def _merged(pieces: list[str | P]) -> list[str | P]:
     """Adjacent literal pieces as one (fewer copies per row), empty ones dropped."""
-    merged: list[str | int] = []
+    merged: list[str | P] = []
     for piece in pieces:
         if isinstance(piece, str) and merged and isinstance(merged[-1], str):
             merged[-1] += piece
@@ -416,7 +447,7 @@ def _item_field(items: pl.DataFrame, name: str, config: PromptConfig) -> pl.Seri
     """One item field as text, in item order: lists joined, attributes as `key: value` lines."""
     column = config.item_fields.get(name, name)
     if column not in items.columns:
-        raise ValueError(
+        raise PromptError(
             f"task {config.task}: template field {{{name}}} is not an items column "
             f"(columns: {', '.join(items.columns)}); map it with item_fields={{'{name}': ...}}"
         )

@@ -1,4 +1,4 @@
-"""Parsers for what the adapters generate, per subtask (DESIGN.md §4).
+"""Parsers for what the adapters generate, per subtask (README, "Engines and scoring modes").
 
 Each parser returns its value with a status, so fallbacks stay visible and nothing is dropped:
 ``ok`` (parsed as trained), ``fuzzy`` (titles matched only approximately), ``partial`` (some
@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rapidfuzz import fuzz, process
+
+from itdr_batch.status import ScoreStatus
 
 # A title matches fuzzily at this rapidfuzz ratio (0-100) or above.
 FUZZY_CUTOFF = 85.0
@@ -28,7 +30,7 @@ class Ranking:
     """Positions into the presented candidates, best first: always each candidate once."""
 
     order: list[int]
-    status: str
+    status: ScoreStatus
 
 
 def normalise(title: str) -> str:
@@ -52,40 +54,40 @@ def parse_ranking(text: str, titles: Sequence[str], single: bool = False) -> Ran
     named = len(order)
     order += [i for i in range(len(titles)) if i not in order]
     if named == 0:
-        status = "unparsed"
+        status = ScoreStatus.UNPARSED
     elif not single and named < len(titles):
-        status = "partial"
+        status = ScoreStatus.PARTIAL
     else:
-        status = "fuzzy" if fuzzy else "ok"
+        status = ScoreStatus.FUZZY if fuzzy else ScoreStatus.OK
     return Ranking(order, status)
 
 
-def parse_rating(text: str, scale: Sequence[float]) -> tuple[float | None, str]:
+def parse_rating(text: str, scale: Sequence[float]) -> tuple[float | None, ScoreStatus]:
     """The first number in ``text``, clipped into the scale (``out_of_scale`` when clipped)."""
     match = NUMBER.search(text)
     if match is None:
-        return None, "unparsed"
+        return None, ScoreStatus.UNPARSED
     value = float(match.group())
     low, high = min(scale), max(scale)
     if low <= value <= high:
-        return value, "ok"
-    return min(max(value, low), high), "out_of_scale"
+        return value, ScoreStatus.OK
+    return min(max(value, low), high), ScoreStatus.OUT_OF_SCALE
 
 
-def parse_attributes(text: str) -> tuple[dict[str, str], str]:
+def parse_attributes(text: str) -> tuple[dict[str, str], ScoreStatus]:
     """UAP's ``key:value,key:value.`` into a mapping (keys normalised)."""
     fields: dict[str, str] = {}
     for part in text.strip().rstrip(".").split(","):
         key, sep, value = part.partition(":")
         if sep and key.strip() and value.strip():
             fields[normalise(key)] = value.strip()
-    return fields, "ok" if fields else "unparsed"
+    return fields, ScoreStatus.OK if fields else ScoreStatus.UNPARSED
 
 
-def parse_text(text: str) -> tuple[str, str]:
+def parse_text(text: str) -> tuple[str, ScoreStatus]:
     """IR/TUI free text, trimmed."""
     stripped = text.strip()
-    return stripped, "ok" if stripped else "unparsed"
+    return stripped, ScoreStatus.OK if stripped else ScoreStatus.UNPARSED
 
 
 def _match(line: str, keys: list[str], taken: list[int]) -> tuple[int | None, bool]:

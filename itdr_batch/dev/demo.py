@@ -13,14 +13,13 @@ from typing import Any
 
 import polars as pl
 
-from itdr_batch.config import load_config
 from itdr_batch.datasets import SAMPLE, read_movielens, write_canonical
+from itdr_batch.dev.tiny import build_tiny
+from itdr_batch.dev.tokenizer import sample_texts, train_tokenizer
 from itdr_batch.evaluate import evaluate, write_json
-from itdr_batch.job import JobResult, run_job
-from itdr_batch.progress import Reporter
-from itdr_batch.sink import write_parquet_atomic
-from itdr_batch.testing import build_tiny
-from itdr_batch.tokenizer import sample_texts, train_tokenizer
+from itdr_batch.run import JobResult, load_config, run_job
+from itdr_batch.run.progress import Reporter
+from itdr_batch.tables.sink import write_parquet_atomic
 
 # Where a checkout's shared data keeps the real tokenizer, relative to the working directory.
 SHARED_TOKENIZER = Path("../shared/data/qwen2.5-tokenizer")

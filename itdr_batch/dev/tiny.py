@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from itdr_batch.engines import AdapterSpec, EngineConfig
+from itdr_batch.engines.adapters import UNTRAINED_STAMP
 
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-BUILD_STAMP = "itdr-batch-tiny.json"
+# Every folder built here is stamped (reuse when built the same way); in a model folder, the stamp
+# also marks the model untrained for the run's manifest.
+BUILD_STAMP = UNTRAINED_STAMP
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,12 @@ def build_adapter(out: Path, model: Path, seed: int, rank: int = 8, alpha: int =
                 param.normal_(0.0, 0.05)
     tmp = fresh_folder(out)
     peft_model.save_pretrained(str(tmp), safe_serialization=True)
+    # PEFT writes target_modules from a set, in an order that changes with Python's hash seed;
+    # sorted, the same seed gives the same bytes, so the same adapter hash and run id.
+    config_path = tmp / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["target_modules"] = sorted(config["target_modules"])
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (tmp / BUILD_STAMP).write_text(json.dumps(stamp))
     return commit_folder(tmp, out)
 

@@ -1,0 +1,149 @@
+"""The run folder's records, typed: ``_manifest.json`` (README, "Results") and the progress files.
+
+The manifest is the contract's index: the CLI prints it, ``evaluate`` and the nightly flow read
+it. One pydantic model per record, so a reader names fields instead of string keys, and a
+malformed or foreign file is an error naming the field.
+"""
+
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from itdr_batch.errors import ItdrError
+from itdr_batch.run.config import JobConfig
+
+
+class ManifestError(ItdrError):
+    """A run folder's record that is missing or cannot be read."""
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    def dump(self) -> dict[str, Any]:
+        """JSON-ready, with the job configuration's TOML spellings (``engine.kind``)."""
+        value: dict[str, Any] = self.model_dump(mode="json", by_alias=True)
+        return value
+
+
+R = TypeVar("R", bound=Record)
+
+
+class FileIdentity(Record):
+    path: str
+    bytes: int
+    sha256: str
+
+
+class ModelEntry(Record):
+    name: str
+    path: str
+    sha256: str
+    # Built by itdr_batch.dev.tiny: its scores show the pipeline working, not quality.
+    untrained: bool
+
+
+class AdapterEntry(Record):
+    name: str
+    # The engine's name for it: name@sha256[:12].
+    key: str
+    path: str
+    sha256: str
+    rank: int
+    base_model: str | None
+
+
+class AdapterCounts(Record):
+    """One task and adapter: rows scored, rows rejected, rejects by reason."""
+
+    scored: int
+    rejected: int
+    reasons: dict[str, int]
+
+
+class Counts(Record):
+    rows: int
+    # task -> adapter ("base" for the base model) -> counts.
+    tasks: dict[str, dict[str, AdapterCounts]]
+
+
+class Timings(Record):
+    started_at: str
+    finished_at: str
+    batch_seconds: float
+    build_seconds: float
+    score_seconds: float
+
+
+class Throughput(Record):
+    rows_per_s: float | None
+    prompts_per_s: float | None
+    prompt_tokens_per_s: float | None
+    prompts: int
+    prompt_tokens: int
+
+
+class Manifest(Record):
+    """A complete run: written last, so its presence means the run's files are all there."""
+
+    run_id: str
+    status: str
+    dry_run: bool
+    # The shard's id column (user_id; item_id for tasks whose rows are items).
+    key: str
+    config_hash: str
+    config: JobConfig
+    inputs: dict[str, FileIdentity]
+    model: ModelEntry | None
+    adapters: list[AdapterEntry]
+    engine: str | None
+    versions: dict[str, str]
+    # task -> file name, and "rejects".
+    files: dict[str, str]
+    counts: Counts
+    timings: Timings
+    throughput: Throughput
+
+
+class RunState(Record):
+    """``_parts/_run.json``: the run in progress, so a rerun resumes only the same run."""
+
+    run_id: str
+    config: dict[str, Any]
+    started_at: str
+
+
+class UnitRecord(Record):
+    """One committed (batch, task): what it scored and rejected, per adapter, and its times."""
+
+    batch: int
+    task: str
+    rows: int
+    # adapter ("base" for the base model) -> rows with a result / rejects by reason.
+    scored: dict[str, int]
+    rejected: dict[str, dict[str, int]]
+    prompts: int
+    prompt_tokens: int
+    build_s: float
+    score_s: float
+
+
+def read_record(path: Path, model: type[R]) -> R:
+    """``path`` as ``model``; a missing, malformed or foreign file is a ``ManifestError``."""
+    if not path.is_file():
+        raise ManifestError(f"{path}: no such file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path} does not hold a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        raise ManifestError(f"{path}: not a {model.__name__} of this version: {problems}") from None

@@ -1,0 +1,158 @@
+"""A run's plan: every input validated and its identity fixed, before anything is written.
+
+``make_plan`` reads the tables, builds each task's prompts for zero rows (so a missing column or an
+unknown template field fails here), checks the model, adapters and chat markup, and derives the
+run id from the configuration and the inputs' content. The plan is immutable: the batch loop only
+reads it.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from itdr_batch.engines import Adapter, load_model, load_tokenizer
+from itdr_batch.engines.adapters import model_identity
+from itdr_batch.hashing import files_digest
+from itdr_batch.prompts.build import build_prompts, popularity_counts
+from itdr_batch.prompts.chat import check_tokenizer
+from itdr_batch.run.config import JobConfig
+from itdr_batch.run.manifest import AdapterEntry, FileIdentity, ModelEntry
+from itdr_batch.tables.load import load_interactions, load_item_shard, load_items, load_users
+from itdr_batch.tasks import Task, spec
+
+
+@dataclass(frozen=True)
+class Ids:
+    """The dtypes of the shard's key (user_id, or item_id for item rows) and of item ids."""
+
+    key: str
+    key_dtype: pl.DataType
+    item_dtype: pl.DataType
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run reads, validated, and its identity."""
+
+    config: JobConfig
+    users: Path
+    dry_run: bool
+    ids: Ids
+    items: pl.DataFrame
+    interactions: pl.LazyFrame
+    shard: pl.LazyFrame
+    n_rows: int
+    inputs: dict[str, FileIdentity]
+    # Interactions per item over the whole table (popularity sampling), else None.
+    item_counts: pl.DataFrame | None
+    adapters: tuple[Adapter, ...]
+    model: ModelEntry | None
+    # The model's tokenizer (None in a dry run, which tokenizes nothing).
+    tokenizer: Any
+    run_id: str
+
+    @property
+    def tasks(self) -> tuple[Task, ...]:
+        return self.config.prompts.tasks
+
+    @property
+    def adapter_names(self) -> list[str | None]:
+        """Every row is scored with each adapter; with none, with the base model. A dry run
+        writes each prompt once."""
+        if self.dry_run:
+            return [None]
+        return [a.name for a in self.adapters] or [None]
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.scoring.batch_size
+
+    @property
+    def batches(self) -> int:
+        return -(-self.n_rows // self.batch_size)
+
+    def batch_rows(self, batch: int) -> int:
+        return min(self.batch_size, self.n_rows - batch * self.batch_size)
+
+    def adapter_entries(self) -> list[AdapterEntry]:
+        return [
+            AdapterEntry(
+                name=a.name,
+                key=a.key,
+                path=str(a.path),
+                sha256=a.content_hash,
+                rank=a.rank,
+                base_model=a.base_model,
+            )
+            for a in self.adapters
+        ]
+
+
+def make_plan(config: JobConfig, users: Path, dry_run: bool) -> Plan:
+    """Validates every input without writing anything."""
+    items = load_items(config.data.items)
+    interactions = load_interactions(config.data.interactions, items)
+    key = config.key()
+    loader = load_users if key == "user_id" else load_item_shard
+    shard = loader(users, items)
+    n_rows = shard.frame.select(pl.len()).collect().item()
+    items_frame = items.frame.collect()
+    ids = Ids(key, shard.frame.collect_schema()[key], items_frame.schema["item_id"])
+    counts = None
+    ranking = any(spec(task).ranking for task in config.prompts.tasks)
+    if config.prompts.strategy == "popularity" and ranking:
+        counts = popularity_counts(interactions.frame)
+    empty = shard.frame.head(0).collect()
+    for task in config.prompts.tasks:
+        config.scoring_config(task)
+        # Missing columns, unknown template fields or domains fail here, before any output.
+        build_prompts(empty, interactions.frame.head(0), items_frame, config.prompt_config(task))
+    inputs = {
+        "users": _file_identity(users),
+        "interactions": _file_identity(config.data.interactions),
+        "items": _file_identity(config.data.items),
+    }
+    adapters: list[Adapter] = []
+    model = tokenizer = None
+    if not dry_run:
+        engine_config = config.engine_config()
+        adapters = load_model(engine_config)
+        tokenizer = load_tokenizer(engine_config)
+        check_tokenizer(config.model.chat_format(), tokenizer, str(config.model.path))
+        model = ModelEntry(**vars(model_identity(config.model.path)))
+    identity = {
+        "config": config.digest(),
+        "inputs": {name: i.sha256 for name, i in inputs.items()},
+        "model": model and model.sha256,
+        "adapters": [a.content_hash for a in adapters],
+        "dry_run": dry_run,
+    }
+    run_id = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return Plan(
+        config=config,
+        users=users,
+        dry_run=dry_run,
+        ids=ids,
+        items=items_frame,
+        interactions=interactions.frame,
+        shard=shard.frame,
+        n_rows=n_rows,
+        inputs=inputs,
+        item_counts=counts,
+        adapters=tuple(adapters),
+        model=model,
+        tokenizer=tokenizer,
+        run_id=run_id,
+    )
+
+
+def _file_identity(path: Path) -> FileIdentity:
+    return FileIdentity(
+        path=str(path.resolve()),
+        bytes=path.stat().st_size,
+        sha256=files_digest([path], names=False),
+    )

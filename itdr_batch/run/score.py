@@ -1,0 +1,124 @@
+"""Stage 2 of a unit: score its prompts with every adapter (or, in a dry run, keep them).
+
+Reads: the unit's ``Built`` frame (key, prompt columns, ``reason``, ``truth``). Writes: the
+unit's results (the contract's rows) and rejects (key, ``reason``, ``detail``) over all adapters,
+and the counts of its ``UnitRecord``. Rows with a reason are rejected before the engine; of the
+scored, those without a usable result (too long, engine errors after the retries, unparsable
+text where no fallback exists) are rejected after it.
+"""
+
+import logging
+import time
+from dataclasses import dataclass
+
+import polars as pl
+
+from itdr_batch.run.build import Built
+from itdr_batch.run.manifest import UnitRecord
+from itdr_batch.run.plan import Plan
+from itdr_batch.run.results import (
+    conform,
+    dry_run_schema,
+    rejects_frame,
+    results_frame,
+    scored_frame,
+)
+from itdr_batch.scoring import Row, Scored, Scorer, rows_from_prompts
+from itdr_batch.status import REJECT_REASON, ScoreStatus
+from itdr_batch.tasks import spec
+
+log = logging.getLogger(__name__)
+
+# Scored statuses that leave nothing to report (ranked lists always fall back to an order).
+SCORE_REJECTS = (ScoreStatus.PROMPT_TOO_LONG, ScoreStatus.ENGINE_ERROR)
+
+
+class EngineCrashed(RuntimeError):
+    """Every request of a batch failed: the engine, not the data, is broken. The run stops and
+    resumes from this batch when run again."""
+
+
+@dataclass(frozen=True)
+class ScoredUnit:
+    results: pl.DataFrame
+    rejects: pl.DataFrame
+    record: UnitRecord
+
+
+def score_unit(plan: Plan, scorers: dict[str, Scorer], built: Built) -> ScoredUnit:
+    """``built`` scored with each adapter; ``scorers`` by task (empty in a dry run)."""
+    started = time.perf_counter()
+    task, key = built.task, plan.ids.key
+    ok = built.prompts.filter(pl.col("reason").is_null())
+    refused = built.prompts.filter(pl.col("reason").is_not_null()).select(
+        key, "reason", detail=pl.lit(None, pl.String)
+    )
+    results, rejects = [], []
+    scored: dict[str, int] = {}
+    rejected: dict[str, dict[str, int]] = {}
+    prompts = prompt_tokens = 0
+    for adapter in plan.adapter_names:
+        if plan.dry_run:
+            kept = ok.with_columns(run_id=pl.lit(plan.run_id))
+            results.append(conform(kept, dry_run_schema(task, plan.ids)))
+            unit_rejects = refused
+            prompts += ok.height
+        else:
+            scorer = scorers[task]
+            tokens_before = scorer.prompt_tokens
+            rows = rows_from_prompts(ok, adapter)
+            outcome = _score_with_retries(scorer, rows, plan.config.scoring.retries)
+            prompts += len(rows)
+            prompt_tokens += scorer.prompt_tokens - tokens_before
+            frame = pl.concat(
+                [ok.drop("status", "reason"), scored_frame(task, outcome)], how="horizontal"
+            ).with_columns(reason=_score_reject(task))
+            kept = frame.filter(pl.col("reason").is_null())
+            model = plan.config.model.path.name
+            results.append(results_frame(task, plan.ids, kept, adapter, model, plan.run_id))
+            failed = frame.filter(pl.col("reason").is_not_null()).select(key, "reason", "detail")
+            unit_rejects = pl.concat([refused, failed])
+        rejects.append(rejects_frame(plan.ids, task, adapter, unit_rejects, plan.run_id))
+        name = adapter or "base"
+        scored[name] = kept.height
+        reasons = unit_rejects["reason"].cast(pl.String).value_counts(sort=True, name="n")
+        rejected[name] = dict(sorted(reasons.iter_rows()))
+    record = UnitRecord(
+        batch=built.batch,
+        task=str(task),
+        rows=built.prompts.height,
+        scored=scored,
+        rejected=rejected,
+        prompts=prompts,
+        prompt_tokens=prompt_tokens,
+        build_s=built.seconds,
+        score_s=time.perf_counter() - started,
+    )
+    return ScoredUnit(pl.concat(results), pl.concat(rejects), record)
+
+
+def _score_reject(task: str) -> pl.Expr:
+    """Why a scored row has no usable result; null when it has one."""
+    status = pl.col("status").cast(pl.String)
+    unusable = [s.value for s in SCORE_REJECTS]
+    if not spec(task).ranking:
+        unusable.append(ScoreStatus.UNPARSED.value)
+    return pl.when(status.is_in(unusable)).then(status).cast(REJECT_REASON)
+
+
+def _score_with_retries(scorer: Scorer, rows: list[Row], retries: int) -> list[Scored]:
+    """Scores ``rows``, sending those the engine failed on again up to ``retries`` times."""
+    scored = scorer.score(rows)
+    for _ in range(retries):
+        failed = [i for i, s in enumerate(scored) if s.status == ScoreStatus.ENGINE_ERROR]
+        if not failed:
+            break
+        log.warning("%d requests failed in the engine; retrying them", len(failed))
+        for i, again in zip(failed, scorer.score([rows[i] for i in failed]), strict=True):
+            scored[i] = again
+    if len(rows) > 1 and all(s.status == ScoreStatus.ENGINE_ERROR for s in scored):
+        raise EngineCrashed(
+            f"all {len(rows)} requests of the batch failed in the engine "
+            f"(first: {scored[0].detail}); the run stops here and resumes from this batch"
+        )
+    return scored
