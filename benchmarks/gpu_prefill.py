@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from itdr_batch.engines import EngineConfig
-from itdr_batch.engines.adapters import Adapter
+from itdr_batch.engines.adapters import Adapter, LoraSettings
 from itdr_batch.engines.base import Prompt
 from itdr_batch.engines.hf import HfEngine
 
@@ -81,7 +81,8 @@ def main() -> None:
     base = HfEngine(settings, [], model=model)
     figures["base"] = measure(base, [Prompt(row) for row in ids.tolist()])
 
-    adapter = Adapter("lora", Path("-"), 8, "random", None)
+    settings_r8 = LoraSettings(r=8, target_modules=list(LINEAR))
+    adapter = Adapter("lora", Path("-"), 8, "random", None, settings_r8)
     lora = LoraConfig(r=8, lora_alpha=16, target_modules=LINEAR, init_lora_weights=False)
     tuned = get_peft_model(model, lora, adapter_name=adapter.key)
     engine = HfEngine(settings, [adapter], model=tuned)

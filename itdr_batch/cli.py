@@ -152,7 +152,7 @@ def prompts(
         source = interaction_table if key == "user_id" else item_table
         rows = source.frame.select(key).unique(maintain_order=True).head(n).collect()
     else:
-        rows = load_users(users, item_table).frame.head(n).collect()
+        rows = load_users(users, item_table, interaction_table).frame.head(n).collect()
     config = PromptConfig(
         task=task,
         domain=domain,
@@ -251,11 +251,17 @@ def evaluate_run(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Where the figures go [RUN/evaluation.json].")
     ] = None,
+    interactions: Annotated[
+        Path | None,
+        typer.Option(
+            help="The run's interactions table, moved [the manifest's path; same sha256]."
+        ),
+    ] = None,
 ) -> None:
     """Ranking, rating and text metrics of a run, next to random and popularity baselines."""
     from itdr_batch.evaluate import evaluate, render, write_json
 
-    result = evaluate(run)
+    result = evaluate(run, interactions)
     path = json_path or run / "evaluation.json"
     write_json(result, path)
     console.print(render(result))
@@ -315,6 +321,9 @@ def print_run(result: JobResult) -> None:
             reasons = ", ".join(f"{r} {n:,}" for r, n in counts.reasons.items()) or "-"
             table.add_row(task_name, name, f"{counts.scored:,}", f"{counts.rejected:,}", reasons)
     console.print(table)
+    for task_name, left_out in manifest.counts.left_out.items():
+        what = ", ".join(f"{n:,} {kind.replace('_', ' ')}" for kind, n in left_out.items())
+        console.print(f"{task_name}: left out of the prompts: {what}", highlight=False)
     speed = manifest.throughput
     if speed.prompts_per_s:
         line = f"{speed.prompts:,} prompts, {speed.prompts_per_s:,.1f} prompts/s"

@@ -29,6 +29,7 @@ from sklearn.metrics import (
 )
 
 from itdr_batch.errors import ItdrError
+from itdr_batch.hashing import files_digest
 from itdr_batch.run.folder import MANIFEST
 from itdr_batch.run.manifest import Manifest, ManifestError, read_record
 from itdr_batch.scoring.parsing import normalise
@@ -50,15 +51,21 @@ class EvaluationError(ItdrError):
     """The run directory cannot be evaluated: what is wrong and where."""
 
 
-def evaluate(run_dir: Path) -> dict[str, Any]:
-    """Metrics per task and adapter for the model and both baselines (JSON-serialisable)."""
+def evaluate(run_dir: Path, interactions_path: Path | None = None) -> dict[str, Any]:
+    """Metrics per task and adapter for the model and both baselines (JSON-serialisable).
+
+    The baselines read the run's interactions table: the manifest's, or ``interactions_path``
+    (a moved copy); either way its content must be the run's (the manifest's sha256).
+    """
     manifest = _manifest(run_dir)
     config = manifest.config
     key = manifest.key
-    interactions = _Interactions(str(config.data.interactions))
+    interactions = _Interactions(
+        interactions_path or config.data.interactions, manifest.inputs["interactions"].sha256
+    )
     tasks: dict[str, Any] = {}
     for task, path in _task_files(run_dir, manifest):
-        frame = pl.read_parquet(path)
+        frame = _read_results(path)
         result = spec(task).result
         groups: dict[str, Any] = {}
         for adapter, group in _by_adapter(frame, key):
@@ -66,7 +73,7 @@ def evaluate(run_dir: Path) -> dict[str, Any]:
                 groups[adapter] = _ranking(group, key, path, interactions.counts(), config.seed)
             elif result is ResultKind.RATING:
                 scale = config.scoring.rating_scale
-                groups[adapter] = _rating(group, interactions.ratings(), scale, config.seed)
+                groups[adapter] = _rating(group, interactions.ratings(scale), scale, config.seed)
             elif result is ResultKind.ATTRIBUTES:
                 groups[adapter] = _attributes(group, config.seed)
             else:
@@ -135,6 +142,13 @@ def _task_files(run_dir: Path, manifest: Manifest) -> Iterator[tuple[Task, Path]
         yield task, path
 
 
+def _read_results(path: Path) -> pl.DataFrame:
+    try:
+        return pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise EvaluationError(f"{path}: cannot be read as Parquet ({exc})") from exc
+
+
 def _by_adapter(frame: pl.DataFrame, key: str) -> Iterator[tuple[str, pl.DataFrame]]:
     """Rows per adapter, the base model first, rows in key order (deterministic baselines)."""
     frame = frame.sort(key, maintain_order=True)
@@ -147,21 +161,37 @@ def _by_adapter(frame: pl.DataFrame, key: str) -> Iterator[tuple[str, pl.DataFra
 class _Interactions:
     """The run's interactions table, read only if a baseline needs it, and at most once each."""
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: Path, sha256: str) -> None:
         self.path = path
+        self.sha256 = sha256
+        self._verified = False
         self._counts: pl.DataFrame | None = None
         self._ratings: tuple[pl.DataFrame, float] | None = None
 
     def _scan(self, *columns: str) -> pl.LazyFrame:
-        if self.path is None or not Path(self.path).is_file():
-            raise EvaluationError(
-                f"the popularity baseline needs config.data.interactions; missing file: {self.path}"
-            )
+        if not self._verified:
+            self._verify()
         scan = pl.scan_parquet(self.path)
         absent = set(columns) - set(scan.collect_schema().names())
         if absent:
             raise EvaluationError(f"{self.path} has no column(s) {sorted(absent)}")
         return scan.select(columns)
+
+    def _verify(self) -> None:
+        """The file is the run's interactions table, byte for byte: another table would give
+        other baselines without a word."""
+        if not self.path.is_file():
+            raise EvaluationError(
+                f"the baselines need the run's interactions table, {self.path}, which is missing; "
+                "pass --interactions with a copy of it"
+            )
+        found = files_digest([self.path], names=False)
+        if found != self.sha256:
+            raise EvaluationError(
+                f"{self.path} is not the run's interactions table (sha256 {found[:12]}, the run "
+                f"read {self.sha256[:12]}); pass --interactions with the table the run read"
+            )
+        self._verified = True
 
     def counts(self) -> pl.DataFrame:
         """``item_id``, ``count``: interactions per item over the whole table."""
@@ -169,10 +199,13 @@ class _Interactions:
             self._counts = self._scan("item_id").group_by("item_id").len("count").collect()
         return self._counts
 
-    def ratings(self) -> tuple[pl.DataFrame, float]:
-        """Per item the sum and count of its (non-null) ratings, and the global mean rating."""
+    def ratings(self, scale: list[float] | tuple[float, ...]) -> tuple[pl.DataFrame, float]:
+        """Per item the sum and count of its ratings, and the global mean rating: only ratings
+        within the scale count (as in the job's prompts), so NaN, infinite and out-of-scale ones
+        never reach the averages."""
         if self._ratings is None:
-            scan = self._scan("item_id", "rating")
+            rated = pl.col("rating").is_between(min(scale), max(scale))
+            scan = self._scan("item_id", "rating").filter(rated)
             stats = scan.group_by("item_id").agg(
                 pl.col("rating").sum().alias("rating_sum"),
                 pl.col("rating").count().alias("rating_count"),
@@ -285,9 +318,10 @@ def _rating(
     scale: list[float] | tuple[float, ...],
     seed: int,
 ) -> dict[str, Any]:
-    """RMSE and MAE of the predicted ratings over users whose held-out rating is known."""
-    group = group.filter(pl.col("label").is_not_null()).with_columns(
-        pl.col("rating").fill_nan(None)
+    """RMSE and MAE of the predicted ratings over users whose held-out rating is known (and
+    finite); a non-finite prediction counts as failed."""
+    group = group.filter(pl.col("label").is_finite()).with_columns(
+        rating=pl.when(pl.col("rating").is_finite()).then("rating")
     )
     if group.is_empty():
         return _empty()
@@ -299,7 +333,8 @@ def _rating(
     # The item's mean rating without this user's held-out rating, which would leak the answer
     # (the held-out interaction is in the table: evaluation mode keeps it out of the prompt only);
     # the global mean where no other rating of the item is left.
-    others = pl.col("rating_count").fill_null(0) - 1
+    # Signed: an item without ratings (count 0 or none) must give -1, not wrap around as a u32.
+    others = pl.col("rating_count").fill_null(0).cast(pl.Int64) - 1
     popularity = (
         pl.when(others > 0)
         .then((pl.col("rating_sum") - pl.col("label")) / others)
@@ -413,4 +448,5 @@ def _note(manifest: Manifest, tasks: dict[str, Any]) -> str:
 
 
 def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    """A metric with 4 decimals; "-" where it is undefined (null in the JSON)."""
+    return "-" if value is None or not math.isfinite(value) else f"{value:.4f}"

@@ -151,6 +151,7 @@ def _summary(results: list[ShardResult]) -> dict[str, Any]:
                 "skipped": result.skipped,
                 "rows": manifest.counts.rows,
                 "tasks": manifest.counts.dump()["tasks"],
+                "left_out": manifest.counts.left_out,
                 "prompts_per_s": manifest.throughput.prompts_per_s,
                 "prompt_tokens_per_s": manifest.throughput.prompt_tokens_per_s,
                 "evaluation": manifest.config.prompts.evaluation,
@@ -174,6 +175,10 @@ def _publish(summary: dict[str, Any]) -> None:
                         "scored": counts["scored"],
                         "rejected": counts["rejected"],
                         "reasons": ", ".join(f"{r}: {n}" for r, n in counts["reasons"].items()),
+                        "left_out": ", ".join(
+                            f"{kind}: {n}"
+                            for kind, n in shard["left_out"].get(task_name, {}).items()
+                        ),
                         "prompts_per_s": shard["prompts_per_s"],
                         "skipped": shard["skipped"],
                     }

@@ -19,6 +19,7 @@ from itdr_batch.dev.tiny import Tiny
 from itdr_batch.engines import Engine, Failure, Prompt, open_engine
 from itdr_batch.engines.vllm import VllmEngine
 from itdr_batch.prompts.build import PromptConfig, build_prompts
+from itdr_batch.prompts.chat import CHAT_FORMATS
 from itdr_batch.scoring import Row, Scorer, ScoringConfig, rows_from_prompts
 from itdr_batch.tasks import Mode, Task
 
@@ -59,7 +60,7 @@ def engine(request: pytest.FixtureRequest) -> Engine:
 
 
 def scored(engine: Engine, tokenizer: Any, rows: list[Row], task: Task, mode: Mode) -> Any:
-    return Scorer(engine, tokenizer, ScoringConfig(task, mode)).score(rows)
+    return Scorer(engine, tokenizer, ScoringConfig(task, mode, "qwen")).score(rows)
 
 
 @pytest.mark.slow
@@ -165,7 +166,7 @@ def test_generate_always_ranks_every_presented_candidate(
     task: Task,
 ) -> None:
     rows = real_rows(sample, task, "a1")
-    config = ScoringConfig(task, Mode.GENERATE, max_new_tokens=24)
+    config = ScoringConfig(task, Mode.GENERATE, "qwen", max_new_tokens=24)
     results = Scorer(engine, tokenizer, config).score(rows)
     for row, r in zip(rows, results, strict=True):
         assert r.ranks is not None
@@ -194,7 +195,8 @@ def test_a_failing_request_fails_alone(
     sample: tuple[pl.DataFrame, pl.DataFrame],
 ) -> None:
     rows = real_rows(sample, Task.TKR, "a1")
-    too_long = Row("movie " * 1100, rows[0].candidates, "a1")
+    before, after = CHAT_FORMATS["qwen"].split()
+    too_long = Row(before + "movie " * 1100 + after, rows[0].candidates, "a1")
     results = scored(engine, tokenizer, [rows[0], too_long, rows[1]], Task.TKR, Mode.LIKELIHOOD)
     assert [r.status for r in results] == ["ok", "prompt_too_long", "ok"]
     assert results[1].detail is not None
@@ -224,16 +226,16 @@ def test_auto_falls_back_to_transformers_and_says_why(
 
 @pytest.mark.slow
 def test_label_mode_needs_single_token_ratings(hf_engine: Engine, tokenizer: Any) -> None:
-    config = ScoringConfig(Task.RP, Mode.LABEL, rating_scale=(1.0, 1.5, 2.0))
+    config = ScoringConfig(Task.RP, Mode.LABEL, "qwen", rating_scale=(1.0, 1.5, 2.0))
     with pytest.raises(ValueError, match=r"'1\.5' is 3 tokens"):
         Scorer(hf_engine, tokenizer, config)
 
 
 def test_modes_a_task_cannot_use_are_refused() -> None:
     with pytest.raises(ValueError, match="task tkr cannot be scored in mode label; use"):
-        ScoringConfig(Task.TKR, Mode.LABEL)
+        ScoringConfig(Task.TKR, Mode.LABEL, "qwen")
     with pytest.raises(ValueError, match="task uap cannot be scored in mode likelihood"):
-        ScoringConfig(Task.UAP, Mode.LIKELIHOOD)
+        ScoringConfig(Task.UAP, Mode.LIKELIHOOD, "qwen")
 
 
 @pytest.mark.slow

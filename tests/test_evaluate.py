@@ -10,8 +10,11 @@ import numpy.typing as npt
 import polars as pl
 import pytest
 from rich.console import Console
+from typer.testing import CliRunner
 
+from itdr_batch.cli import app
 from itdr_batch.evaluate import EvaluationError, evaluate, render, write_json
+from itdr_batch.hashing import files_digest
 
 RUN_ID = "run0"
 RATING_SCALE = [1.0, 2.0, 3.0, 4.0, 5.0]
@@ -55,7 +58,13 @@ def write_run(
             "scoring": {"rating_scale": RATING_SCALE},
             "seed": seed,
         },
-        "inputs": {},
+        "inputs": {
+            "interactions": {
+                "path": str(data),
+                "bytes": data.stat().st_size,
+                "sha256": files_digest([data], names=False),
+            }
+        },
         "model": {"name": "m", "path": "m", "sha256": "0" * 64, "untrained": False},
         "adapters": [],
         "engine": "hf",
@@ -404,4 +413,39 @@ def test_errors_name_the_problem(tmp_path: Path, prepare: Any, message: str) -> 
     run = tmp_path / "run"
     prepare(run)
     with pytest.raises(EvaluationError, match=message):
+        evaluate(run)
+
+
+def test_baselines_read_only_the_runs_own_interactions(tmp_path: Path) -> None:
+    """The baselines' table must be the one the run read (its sha256 in the manifest): a changed
+    or missing file is refused by name, and a moved copy is accepted with --interactions."""
+    items = ["c", "a", "b", "d"]
+    interactions = pl.DataFrame(
+        {"user_id": [1, 2, 3], "item_id": ["a", "a", "b"], "timestamp": [0] * 3}
+    )
+    frame = ranking_frame(np.zeros((2, 4)), np.array([1, 2]), items)
+    run = write_run(tmp_path / "run", {"tkr": frame}, interactions)
+    expected = metrics(evaluate(run), "tkr")["popularity"]
+    table = run / "interactions.parquet"
+    moved = tmp_path / "copy.parquet"
+    table.rename(moved)
+    with pytest.raises(EvaluationError, match=r"interactions.parquet, which is missing; pass"):
+        evaluate(run)
+    assert metrics(evaluate(run, moved), "tkr")["popularity"] == expected
+    interactions.head(2).write_parquet(table)
+    with pytest.raises(EvaluationError, match=r"interactions.parquet is not the run's interact"):
+        evaluate(run)
+    result = CliRunner().invoke(app, ["evaluate", str(run)])
+    assert result.exit_code == 2
+    assert "is not the run's interactions table" in result.output
+    assert (
+        CliRunner().invoke(app, ["evaluate", str(run), "--interactions", str(moved)]).exit_code == 0
+    )
+
+
+def test_a_truncated_result_file_is_named(tmp_path: Path) -> None:
+    run = write_run(tmp_path, {"rp": rp_frame([0], [0], [3.0], [3.0])})
+    data = (run / "rp.parquet").read_bytes()
+    (run / "rp.parquet").write_bytes(data[: len(data) // 2])
+    with pytest.raises(EvaluationError, match=r"rp.parquet: cannot be read as Parquet"):
         evaluate(run)

@@ -360,7 +360,8 @@ def fake_adapter(folder: Path, hidden: int, pickled: bool = False) -> Path:
     from safetensors.numpy import save_file
 
     folder.mkdir(parents=True)
-    config = {"peft_type": "LORA", "r": 8, "base_model_name_or_path": "Qwen/Qwen2.5-7B"}
+    config = {"peft_type": "LORA", "r": 8, "target_modules": ["q_proj"]}
+    config["base_model_name_or_path"] = "Qwen/Qwen2.5-7B"
     (folder / "adapter_config.json").write_text(json.dumps(config))
     name = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
     if pickled:
@@ -498,3 +499,59 @@ def test_bench_job_measures_peak_memory_per_shard_size(
     assert figures["rss_ratio_largest_to_smallest"] > 0
     prompts = pl.read_parquet(tmp_path / "work" / "run-40" / "tkr.parquet")
     assert prompts.height == 40
+
+
+def test_unknown_candidate_ids_are_counted(
+    job: Path, movielens: Canonical, users: list[int], tmp_path: Path
+) -> None:
+    """Provided candidates that are not items are dropped before sampling, and counted in the
+    manifest and the printed summary, never silently."""
+    items = pl.read_parquet(movielens.items)["item_id"].head(3).to_list()
+    shard = tmp_path / "shard.parquet"
+    pl.DataFrame({"user_id": users, "candidates": [[*items, -1, -2] for _ in users]}).write_parquet(
+        shard
+    )
+    out = tmp_path / "run"
+    result = score(CliRunner(), "--users", shard, "--config", job, "--out", out, "--dry-run")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["counts"]["left_out"]["tkr"] == {"unknown_candidate_ids": 2 * len(users)}
+    assert f"tkr: left out of the prompts: {2 * len(users)} unknown candidate ids" in result.output
+
+
+class _Interrupt(Exception):
+    """Stands for a process killed between two units."""
+
+
+class _StopAfterOneUnit:
+    def start(self, total: int, done: int) -> None:
+        del total, done
+
+    def advance(self, users: int, prompts: int, tokens: int) -> None:
+        raise _Interrupt
+
+    def finish(self) -> None:
+        pass
+
+
+@pytest.mark.slow
+def test_a_resumed_vllm_run_writes_the_uninterrupted_rows_exactly(
+    job: Path, movielens: Canonical, tmp_path: Path
+) -> None:
+    """vLLM reads cached prompt prefixes through other kernels than a cold prefill, so each unit
+    starts from a cold cache: a resumed unit then computes exactly what it computed before."""
+    config = load_config(job, {"engine.kind": "vllm", "prompts.tasks": ["tkr", "rp"]})
+    engine = open_engine(config.engine_config())
+    try:
+        run_job(config, movielens.users, tmp_path / "whole", engine=engine)
+        with pytest.raises(_Interrupt):
+            run_job(config, movielens.users, tmp_path / "cut", engine=engine,
+                    reporter=_StopAfterOneUnit())  # fmt: skip
+        assert len(list((tmp_path / "cut").glob("_parts/*/*.json"))) == 1
+        engine.forget()  # the resuming process starts with an empty cache
+        run_job(config, movielens.users, tmp_path / "cut", engine=engine)
+    finally:
+        engine.close()
+    whole, resumed = read_run(tmp_path / "whole"), read_run(tmp_path / "cut")
+    for name, frame in whole.items():
+        assert_frame_equal(resumed[name], frame)

@@ -144,9 +144,9 @@ def test_nightly_gives_the_rows_of_one_run_retries_and_skips(
 
     out = tmp_path / "nightly"
     night = out / NIGHT
-    # The first shard's run folder is blocked by a file (an I/O failure): its first attempt
+    # The first shard's parts folder is blocked by a file (an I/O failure): its first attempt
     # fails, the blocker goes away, the retry succeeds.
-    blocked = night / "shard-00000-of-00003"
+    blocked = night / "shard-00000-of-00003" / "_parts"
     blocked.parent.mkdir(parents=True)
     blocked.write_text("in the way")
     unblock = threading.Thread(target=_unblock_on_retry, args=(blocked,), daemon=True)

@@ -21,10 +21,18 @@ from itdr_batch.dev.tiny import build_tiny
 from itdr_batch.engines import Engine, Prompt, load_tokenizer, open_engine
 from itdr_batch.engines.vllm import VllmEngine
 from itdr_batch.prompts.build import PromptConfig, build_prompts
-from itdr_batch.scoring.modes import Row, Scored, Scorer, ScoringConfig, rows_from_prompts
+from itdr_batch.scoring.modes import (
+    PromptEncoder,
+    Row,
+    Scored,
+    Scorer,
+    ScoringConfig,
+    rows_from_prompts,
+)
 from itdr_batch.tasks import Mode, Task
 
 GENERATE_TOKENS = 32
+CHAT = "qwen"
 # vLLM's CPU attention wants multiples of 32.
 BLOCK_SIZE = 32
 LIKELIHOOD_OVER_PREFILL_GOAL = 1.5
@@ -81,7 +89,7 @@ def _rows(source: Path, users: int, task: Task) -> list[Row]:
     assert data.interactions is not None
     ids = data.interactions.group_by("user_id").len().filter(pl.col("len") > 10)
     shard = ids.sort("user_id").head(users).select("user_id")
-    config = PromptConfig(task=task, chat="qwen", history_len=10, candidates=10, evaluation=True)
+    config = PromptConfig(task=task, chat=CHAT, history_len=10, candidates=10, evaluation=True)
     return rows_from_prompts(build_prompts(shard, data.interactions, data.items, config))
 
 
@@ -90,20 +98,21 @@ def _time_modes(
 ) -> dict[str, dict[str, float]]:
     tkr = [Row(r.prompt, r.candidates, adapter) for r in tkr]
     rp = [Row(r.prompt, r.candidates, adapter) for r in rp]
-    prompts = [Prompt(ids, adapter) for ids in tokenizer([r.prompt for r in tkr])["input_ids"]]
+    encoder = PromptEncoder(tokenizer, CHAT)
+    prompts = [Prompt(ids, adapter) for ids in encoder.prompts([r.prompt for r in tkr])]
     work: dict[str, tuple[list[Row], Callable[[], object]]] = {
         "prefill": (tkr, lambda: engine.next_token_logprobs(prompts, [16])),
         "likelihood": (tkr, lambda: _scores(engine, tokenizer, tkr, adapter)),
         "label": (
             rp,
-            lambda: Scorer(engine, tokenizer, ScoringConfig(Task.RP, Mode.LABEL)).score(rp),
+            lambda: Scorer(engine, tokenizer, ScoringConfig(Task.RP, Mode.LABEL, CHAT)).score(rp),
         ),
         "generate": (
             tkr,
             lambda: Scorer(
                 engine,
                 tokenizer,
-                ScoringConfig(Task.TKR, Mode.GENERATE, max_new_tokens=GENERATE_TOKENS),
+                ScoringConfig(Task.TKR, Mode.GENERATE, CHAT, max_new_tokens=GENERATE_TOKENS),
             ).score(tkr),
         ),
     }
@@ -116,7 +125,7 @@ def _time_modes(
         started = time.perf_counter()
         job()
         seconds = time.perf_counter() - started
-        tokens = sum(len(ids) for ids in tokenizer([r.prompt for r in rows])["input_ids"])
+        tokens = sum(len(ids) for ids in encoder.prompts([r.prompt for r in rows]))
         timings[mode] = {
             "prompts_per_s": len(rows) / seconds,
             "tokens_per_s": tokens / seconds,
@@ -137,9 +146,10 @@ def _computed_tokens(engine: Engine) -> int | None:
 
 def _scores(engine: Engine, tokenizer: Any, rows: list[Row], adapter: str | None) -> list[Scored]:
     rows = [Row(r.prompt, r.candidates, adapter) for r in rows]
-    return Scorer(engine, tokenizer, ScoringConfig(Task.TKR, Mode.LIKELIHOOD)).score(rows)
+    return Scorer(engine, tokenizer, ScoringConfig(Task.TKR, Mode.LIKELIHOOD, CHAT)).score(rows)
 
 
 def _mean_tokens(tokenizer: Any, rows: list[Row]) -> float:
-    lengths = [len(ids) for ids in tokenizer([r.prompt for r in rows])["input_ids"]]
+    """Prompt tokens as the engines receive them."""
+    lengths = [len(ids) for ids in PromptEncoder(tokenizer, CHAT).prompts([r.prompt for r in rows])]
     return sum(lengths) / len(lengths)

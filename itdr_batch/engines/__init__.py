@@ -6,8 +6,8 @@ from typing import Any
 from itdr_batch.engines.adapters import (
     Adapter,
     ModelError,
-    check_fits,
     check_model,
+    check_weights,
     load_adapter,
 )
 from itdr_batch.engines.base import Engine, Failure, Prompt
@@ -30,14 +30,16 @@ log = logging.getLogger(__name__)
 
 
 def load_model(config: EngineConfig) -> list[Adapter]:
-    """Checks the model folder and the adapters (safe formats, shapes that fit); their identities.
+    """Checks the model folder and the adapters (safe formats; every LoRA tensor their configs
+    promise, readable, of the right rank, dtype and shape); their identities.
 
-    Cheap (no weights are loaded), so a job runs it before writing anything.
+    Cheap (only safetensors headers are read), so a job runs it before writing anything, whatever
+    the engine.
     """
     check_model(config.model, config.allow_pickle, config.trust_remote_code)
     adapters = [load_adapter(spec, config.allow_pickle) for spec in config.adapters]
     for adapter in adapters:
-        check_fits(adapter, config.model)
+        check_weights(adapter, config.model)
     return adapters
 
 

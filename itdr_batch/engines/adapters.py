@@ -1,4 +1,4 @@
-"""Model and adapter folders: safetensors-only loading, LoRA rank, and content identities.
+"""Model and adapter folders: safetensors-only loading, complete LoRA weights, content identities.
 
 An adapter's identity is a hash of its files' bytes, so a retrained adapter saved under the same
 name never reuses a stale prefix cache entry or a stale result.
@@ -8,7 +8,9 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from itdr_batch.engines.config import AdapterSpec
 from itdr_batch.errors import ItdrError
@@ -23,13 +25,79 @@ class ModelError(ItdrError):
     """A model or adapter folder that cannot be used as configured."""
 
 
+class LoraSettings(BaseModel):
+    """The adapter_config.json keys that decide which LoRA tensors its weights file must hold.
+
+    Module selection follows PEFT's rules: a ``target_modules`` string is a regex matched against
+    whole module names, a list entry matches a name or its last dotted parts; ``exclude_modules``
+    likewise; ``layers_to_transform`` (with ``layers_pattern``) narrows list entries to those
+    layers; ``rank_pattern`` gives modules whose name ends in a key another rank.
+    """
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+    r: PositiveInt
+    target_modules: Annotated[list[str], Field(min_length=1)] | str
+    exclude_modules: list[str] | str | None = None
+    layers_to_transform: int | list[int] | None = None
+    layers_pattern: list[str] | str | None = None
+    rank_pattern: dict[str, PositiveInt] = Field(default_factory=dict)
+    fan_in_fan_out: bool = False
+    target_parameters: list[str] | None = None
+    base_model_name_or_path: str | None = None
+
+    @property
+    def max_rank(self) -> int:
+        return max([self.r, *self.rank_pattern.values()])
+
+    def targets(self, module: str) -> bool:
+        """Whether PEFT puts LoRA on ``module`` (``check_target_module_exists``)."""
+        if self.exclude_modules and _selects(self.exclude_modules, module):
+            return False
+        if isinstance(self.target_modules, str) or module in self.target_modules:
+            return _selects(self.target_modules, module)
+        return _selects(self.target_modules, module) and self._in_layers(module)
+
+    def rank_of(self, module: str) -> int:
+        """The first ``rank_pattern`` key ending ``module`` at a dot gives its rank, else ``r``."""
+        ranks = (r for key, r in self.rank_pattern.items() if re.match(rf"(.*\.)?({key})$", module))
+        return next(ranks, self.r)
+
+    def _in_layers(self, module: str) -> bool:
+        layers = self.layers_to_transform
+        if layers is None or layers == []:
+            return True
+        if not self.layers_pattern:
+            match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", module)
+        else:
+            patterns = (
+                [self.layers_pattern]
+                if isinstance(self.layers_pattern, str)
+                else self.layers_pattern
+            )
+            matches = (re.match(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", module) for p in patterns)
+            match = next((m for m in matches if m), None)
+        return match is not None and int(match["idx"]) in (
+            [layers] if isinstance(layers, int) else layers
+        )
+
+
+def _selects(targets: list[str] | str, module: str) -> bool:
+    if isinstance(targets, str):
+        return re.fullmatch(targets, module) is not None
+    return module in targets or any(module.endswith(f".{target}") for target in targets)
+
+
 @dataclass(frozen=True)
 class Adapter:
+    """A checked adapter folder; ``rank`` is its largest (``r`` or a ``rank_pattern`` rank)."""
+
     name: str
     path: Path
     rank: int
     content_hash: str
     base_model: str | None
+    lora: LoraSettings
 
     @property
     def key(self) -> str:
@@ -72,9 +140,7 @@ def load_adapter(spec: AdapterSpec, allow_pickle: bool) -> Adapter:
             f"adapter {spec.name!r}: {config_path} peft_type is {config.get('peft_type')!r}, "
             "only LORA adapters are supported"
         )
-    rank = config.get("r")
-    if not isinstance(rank, int) or rank < 1:
-        raise ModelError(f"adapter {spec.name!r}: {config_path} key 'r' must be a positive int")
+    lora = _lora_settings(spec.name, config_path, config)
     weights = [spec.path / name for name in ADAPTER_WEIGHTS if (spec.path / name).is_file()]
     if not weights:
         raise ModelError(f"adapter {spec.name!r} ({spec.path}): no adapter_model.safetensors")
@@ -84,7 +150,22 @@ def load_adapter(spec: AdapterSpec, allow_pickle: bool) -> Adapter:
             "convert it to safetensors or set allow_pickle = true"
         )
     digest = files_digest([config_path, weights[0]])
-    return Adapter(spec.name, spec.path, rank, digest, config.get("base_model_name_or_path"))
+    return Adapter(spec.name, spec.path, lora.max_rank, digest, lora.base_model_name_or_path, lora)
+
+
+def _lora_settings(name: str, path: Path, config: dict[str, Any]) -> LoraSettings:
+    try:
+        lora = LoraSettings.model_validate(config)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(map(str, error["loc"]))
+        raise ModelError(f"adapter {name!r}: {path} key {key!r}: {error['msg']}") from None
+    if lora.target_parameters:
+        raise ModelError(
+            f"adapter {name!r}: {path} key 'target_parameters': LoRA on parameters (MoE experts) "
+            "is not supported"
+        )
+    return lora
 
 
 @dataclass(frozen=True)
@@ -111,64 +192,164 @@ def model_identity(model: Path) -> ModelIdentity:
     )
 
 
-# A LoRA weight of a decoder layer's linear module, as PEFT names it.
-LORA_WEIGHT = re.compile(r"layers\.(\d+)\..*?\b(\w+_proj)\.lora_([AB])\.weight$")
+# A LoRA tensor as PEFT saves it: linear modules' lora_A/B.weight, embeddings' lora_embedding_A/B.
+LORA_TENSOR = re.compile(
+    r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<embedding>embedding_)?(?P<side>[AB])"
+    r"(?:\.weight)?$"
+)
+# Dtypes both engines load LoRA weights from.
+FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
 
 
-def check_fits(adapter: Adapter, model: Path) -> None:
-    """Fails when the adapter's LoRA shapes do not match the model's layers.
+@dataclass(frozen=True)
+class _Lora:
+    """One LoRA tensor of the adapter's file: its name, shape and safetensors dtype."""
 
-    An adapter trained for another base model either crashes the engine mid-run or, worse, loads
-    into a model of the same shape family and scores nonsense; its shapes tell before any output.
-    Modules this check does not know (other architectures' names) are left to the engine.
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    embedding: bool
+
+
+def check_weights(adapter: Adapter, model: Path) -> None:
+    """Fails unless the adapter's weights are exactly what its config promises for this model.
+
+    PEFT only warns about a missing LoRA tensor and initialises it at random (two runs with one
+    run id then score differently); a wrong rank or shape, or an unreadable file, crashes the
+    engine mid-run; an adapter for another base model may load and score nonsense. Each module
+    of the model that ``target_modules`` selects (PEFT's rules, against the module names in the
+    model's safetensors headers) needs lora_A and lora_B of its rank, floating point, with the
+    model's sizes; tensors for other modules are refused too, since vLLM loads them and PEFT
+    does not. Nothing is loaded: only headers are read.
     """
     weights = adapter.path / ADAPTER_WEIGHTS[0]
     if not weights.is_file():
         return  # a pickled adapter (allow_pickle): not opened before the engine loads it
-    from safetensors import safe_open
+    tensors = _lora_tensors(weights, f"adapter {adapter.name!r}")
+    modules = _model_modules(model)
+    # A pickled model's module names are unknown: the adapter's own modules stand in for them.
+    known = modules or dict.fromkeys(module for module, _ in tensors)
+    expected = {name for name in known if adapter.lora.targets(name)}
+    fit = (
+        f"the adapter does not fit model {model} "
+        f"(trained for {adapter.base_model or 'another base model'!r})"
+    )
+    if modules and not expected:
+        raise ModelError(
+            f"adapter {adapter.name!r} ({adapter.path}): target_modules "
+            f"{adapter.lora.target_modules!r} match no module of the model: {fit}"
+        )
+    problems = [
+        problem
+        for module in sorted(expected | {m for m, _ in tensors}, key=_natural)
+        for problem in _module_problems(module, tensors, known, expected, adapter.lora, fit)
+    ]
+    if problems:
+        more = f" ({len(problems)} tensors missing or wrong in all)" if len(problems) > 1 else ""
+        raise ModelError(f"adapter {adapter.name!r}: {weights}: {problems[0]}{more}")
 
-    config = json.loads((model / "config.json").read_text())
-    dims = _linear_dims(config)
-    layers = config.get("num_hidden_layers")
-    with safe_open(str(weights), framework="numpy") as f:
+
+def _module_problems(
+    module: str,
+    tensors: dict[tuple[str, str], _Lora],
+    modules: dict[str, tuple[int, int] | None],
+    expected: set[str],
+    lora: LoraSettings,
+    fit: str,
+) -> list[str]:
+    """What is wrong with one module's lora_A and lora_B, first problem first."""
+    pair = [tensors.get((module, side)) for side in "AB"]
+    present = [tensor.name for tensor in pair if tensor]
+    if module not in modules:
+        return [
+            f"tensor {name} is for module {module}, which the model lacks: {fit}"
+            for name in present
+        ]
+    if module not in expected:
+        return [
+            f"tensor {name} is for module {module}, which target_modules does not select"
+            for name in present
+        ]
+    rank = lora.rank_of(module)
+    size = modules.get(module)
+    problems = []
+    for side, tensor in zip("AB", pair, strict=True):
+        if tensor is None:
+            problems.append(f"tensor base_model.model.{module}.lora_{side}.weight is missing")
+        elif tensor.dtype not in FLOAT_DTYPES:
+            problems.append(f"tensor {tensor.name} has dtype {tensor.dtype}, not floating point")
+        elif len(tensor.shape) != 2:
+            problems.append(f"tensor {tensor.name} has shape {list(tensor.shape)}, not 2-D")
+        elif (got := tensor.shape[0 if side == "A" else 1]) != rank:
+            problems.append(f"tensor {tensor.name} has rank {got}, adapter_config.json's is {rank}")
+        elif size and (want := _model_size(side, tensor, size, lora)) != (
+            got := tensor.shape[1 if side == "A" else 0]
+        ):
+            problems.append(
+                f"tensor {tensor.name} has size {got} where the model's is {want}: {fit}"
+            )
+    return problems
+
+
+def _model_size(side: str, tensor: _Lora, size: tuple[int, int], lora: LoraSettings) -> int:
+    """The model size a LoRA tensor's non-rank axis must have.
+
+    A linear weight is (out, in): lora_A is (r, in), lora_B (out, r). An embedding weight is
+    (vocab, hidden): lora_embedding_A is (r, vocab), lora_embedding_B (hidden, r). GPT-2's Conv1D
+    (``fan_in_fan_out``) stores (in, out).
+    """
+    rows, cols = size
+    if tensor.embedding != lora.fan_in_fan_out:
+        rows, cols = cols, rows
+    return cols if side == "A" else rows
+
+
+def _lora_tensors(weights: Path, owner: str) -> dict[tuple[str, str], _Lora]:
+    """(module, side) → the file's LoRA tensor; other tensors (biases, DoRA) are not looked at."""
+    tensors = {}
+    with _open(weights, owner) as f:
         for name in f.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
-            match = LORA_WEIGHT.search(name)
-            if not match or match[2] not in dims:
-                continue
-            layer, module, side = int(match[1]), match[2], match[3]
-            rows, cols = f.get_slice(name).get_shape()
-            want_in, want_out = dims[module]
-            got = cols if side == "A" else rows
-            want = want_in if side == "A" else want_out
-            problem = None
-            if layers is not None and layer >= layers:
-                problem = f"has layer {layer} but the model has {layers} layers"
-            elif got != want:
-                io = "input" if side == "A" else "output"
-                problem = f"expects {module} {io} size {got}, the model's is {want}"
-            if problem:
-                raise ModelError(
-                    f"adapter {adapter.name!r} ({adapter.path}) does not fit model {model}: it "
-                    f"{problem} (trained for {adapter.base_model or 'another base model'!r})"
+            if match := LORA_TENSOR.match(name):
+                view = f.get_slice(name)
+                tensors[match["module"], match["side"]] = _Lora(
+                    name, tuple(view.get_shape()), view.get_dtype(), bool(match["embedding"])
                 )
+    return tensors
 
 
-def _linear_dims(config: dict[str, Any]) -> dict[str, tuple[int, int]]:
-    """(input, output) sizes of a LLaMA/Qwen-style decoder layer's linear modules."""
+def _model_modules(model: Path) -> dict[str, tuple[int, int] | None]:
+    """The model's weight-holding modules and their (rows, cols), from safetensors headers.
+
+    Quantized weights give names but no usable sizes (None). Empty for a pickled model
+    (allow_pickle), whose adapters are then checked on their own. A tied ``lm_head`` has no
+    weight of its own: it takes the input embedding's.
+    """
+    quantized = "quantization_config" in json.loads((model / "config.json").read_text())
+    modules: dict[str, tuple[int, int] | None] = {}
+    for file in sorted(model.glob("*.safetensors")):
+        with _open(file, f"model {model}") as f:
+            for key in f.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+                module, _, kind = key.rpartition(".")
+                shape = f.get_slice(key).get_shape()
+                if kind in ("weight", "qweight") and len(shape) == 2:
+                    exact = kind == "weight" and not quantized
+                    modules[module] = (shape[0], shape[1]) if exact else None
+    embedding = next((m for m in modules if m.endswith("embed_tokens")), None)
+    if embedding and "lm_head" not in modules:
+        modules["lm_head"] = modules[embedding]
+    return modules
+
+
+def _open(path: Path, owner: str) -> Any:
+    """A safetensors file's header; a truncated or corrupt file is bad input, not a crash."""
+    from safetensors import SafetensorError, safe_open
+
     try:
-        hidden = int(config["hidden_size"])
-        heads = int(config["num_attention_heads"])
-        inter = int(config["intermediate_size"])
-    except (KeyError, TypeError, ValueError):
-        return {}
-    kv = int(config.get("num_key_value_heads") or heads)
-    head_dim = int(config.get("head_dim") or hidden // heads)
-    return {
-        "q_proj": (hidden, heads * head_dim),
-        "k_proj": (hidden, kv * head_dim),
-        "v_proj": (hidden, kv * head_dim),
-        "o_proj": (heads * head_dim, hidden),
-        "gate_proj": (hidden, inter),
-        "up_proj": (hidden, inter),
-        "down_proj": (inter, hidden),
-    }
+        return safe_open(str(path), framework="numpy")
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(f"{owner}: {path} is not a readable safetensors file: {exc}") from None
+
+
+def _natural(name: str) -> list[tuple[bool, int, str]]:
+    """Sort key: model.layers.2 before model.layers.10."""
+    return [(part.isdigit(), int(part) if part.isdigit() else 0, part) for part in name.split(".")]

@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
 
 EngineKind = Literal["auto", "vllm", "hf"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
@@ -46,13 +46,13 @@ class EngineOptions(BaseModel):
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
     kv_cache_gib: int | None = Field(default=None, ge=1)
     tensor_parallel_size: int = Field(default=1, ge=1)
-    enforce_eager: bool = False
+    enforce_eager: StrictBool = False
     # vLLM KV block size (tokens): the prefix cache shares whole blocks, so smaller blocks leave
     # fewer prompt tokens to recompute per candidate. None: vLLM's default (128 on the CPU).
     block_size: int | None = Field(default=None, ge=1)
     # Run vLLM's engine core in this process. None: in-process on the CPU (saves two interpreter
     # start-ups, ~50 s here), a separate process on GPUs (overlaps scheduling with compute).
-    inline_engine: bool | None = None
+    inline_engine: StrictBool | None = None
     # Requests handed to the engine per call: bounds memory and keeps prefix-sharing prompts close.
     chunk_size: int = Field(default=512, ge=1)
     # transformers: the most (padded) tokens in one forward pass.
@@ -66,5 +66,5 @@ class EngineConfig(EngineOptions):
     adapters: Adapters = ()
     dtype: DType = "auto"
     seed: int = 0
-    allow_pickle: bool = False
-    trust_remote_code: bool = False
+    allow_pickle: StrictBool = False
+    trust_remote_code: StrictBool = False

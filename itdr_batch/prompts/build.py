@@ -63,6 +63,10 @@ class PromptConfig:
     target_domain: str | None = None
     liked_min_rating: float = 4.0
     disliked_max_rating: float = 2.0
+    # The closed range of ratings RP shows and IR reads as liked or disliked (the job's rating
+    # scale); None: any finite rating. Interactions without such a rating (null, NaN, infinite,
+    # out of range) are left out of those tasks' histories and counted per row in `unrated`.
+    rating_range: tuple[float, float] | None = None
     attribute_names: tuple[str, ...] = ("age group", "gender", "occupation")
 
     def __post_init__(self) -> None:
@@ -112,7 +116,8 @@ def build_prompts(
     Returns the row's id, ``prompt`` (null unless it could be built), ``candidates`` (item ids
     in presented order, ranking tasks) and their ``candidate_titles``,
     ``held_out_item_id``/``held_out_position`` (evaluation), ``target_item_id`` (RP),
-    ``unknown_candidates`` (provided candidates not in the items) and ``status``
+    ``unknown_candidates`` (provided candidates not in the items), ``unrated`` (RP, IR: the row's
+    interactions left out for want of a usable rating, see ``rated``) and ``status``
     (``PromptStatus``). ``item_counts`` (``popularity_counts`` of the whole table) spares
     the popularity strategy a pass over ``interactions`` when they hold only the rows' histories.
     """
@@ -165,8 +170,9 @@ class Prepared:
                 .then(pl.lit(PromptStatus.NO_TARGET, PROMPT_STATUS))
                 .otherwise("status"),
             )
-        if "unknown_candidates" in self.frame.columns:
-            out = out.with_columns(self.frame["unknown_candidates"])
+        for column in ("unknown_candidates", "unrated"):
+            if column in self.frame.columns:
+                out = out.with_columns(self.frame[column])
         return out
 
 
@@ -256,10 +262,11 @@ def _row_data(
         }
         also_seen = ["source"]
     elif task is Task.IR:
-        rating, reviewed = pl.col("rating"), _has_text()
-        liked = reviewed & (rating >= config.liked_min_rating)
-        disliked = reviewed & (rating <= config.disliked_max_rating)
+        rating, reviewed, usable = pl.col("rating"), _has_text(), rated(config)
+        liked = reviewed & usable & (rating >= config.liked_min_rating)
+        disliked = reviewed & usable & (rating <= config.disliked_max_rating)
         columns = {
+            "unrated": (reviewed & ~usable).sum(),
             "items": idx.filter(liked | disliked),
             "liked": idx.filter(liked),
             "liked_texts": pl.col("review").filter(liked),
@@ -276,7 +283,12 @@ def _row_data(
         columns = {"items": idx}
         history = Slot(items="items", max_entries=n)
         if task is Task.RP:
-            columns["ratings"] = pl.col("rating")
+            usable = rated(config)
+            columns = {
+                "items": idx.filter(usable),
+                "ratings": pl.col("rating").filter(usable),
+                "unrated": (~usable).sum(),
+            }
             history = Slot(items="items", ratings="ratings", max_entries=n)
         slots = {"history": history}
         also_seen = []
@@ -333,8 +345,12 @@ def _attach(
 ) -> pl.DataFrame:
     """Each row with its lists (empty when it has no interactions), in the rows' order."""
     frame = rows.join(grouped, on=key, how="left", maintain_order="left")
-    lists = [c for c in grouped.columns if c != key]
-    frame = frame.with_columns(pl.col(c).fill_null([]) for c in lists)
+    # Lists (empty) and counts (0) of the rows without interactions.
+    frame = frame.with_columns(
+        pl.col(c).fill_null([] if isinstance(dtype, pl.List) else 0)
+        for c, dtype in grouped.schema.items()
+        if c != key
+    )
     if key == "item_id":
         frame = frame.join(
             items.select("item_id", item_idx="idx"), on="item_id", how="left", maintain_order="left"
@@ -350,6 +366,16 @@ def item_indices(ids: pl.Expr, items: pl.DataFrame) -> pl.Expr:
         .list.drop_nulls()
         .cast(pl.List(pl.UInt32))
     )
+
+
+def rated(config: PromptConfig) -> pl.Expr:
+    """Interactions whose rating RP can show and IR can read: finite and within
+    ``config.rating_range`` (a null rating is none: RP would show an empty `()`)."""
+    rating = pl.col("rating")
+    if config.rating_range is None:
+        return rating.is_finite().fill_null(False)
+    low, high = config.rating_range
+    return rating.is_between(low, high).fill_null(False)
 
 
 def _has_text() -> pl.Expr:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from itdr_batch.prompts.build import build_prompts
+from itdr_batch.prompts.build import build_prompts, rated
 from itdr_batch.run.plan import Plan
 from itdr_batch.run.results import TRUTH, truth_dtype
 from itdr_batch.status import REJECT_REASON, PromptStatus, RejectReason
@@ -77,7 +77,9 @@ def _truth(
     if result is ResultKind.RANKING:
         return prompts["held_out_item_id"].alias(TRUTH)
     if result is ResultKind.RATING:
-        ordered = interactions.with_row_index("__order").sort(key, "timestamp", "__order")
+        # The held-out entry: the last interaction RP shows (a rating within the scale).
+        shown = interactions.filter(rated(plan.config.prompt_config(task)))
+        ordered = shown.with_row_index("__order").sort(key, "timestamp", "__order")
         last = ordered.group_by(key, maintain_order=True).agg(pl.col("rating").last())
         joined = rows.select(key).join(last, on=key, how="left", maintain_order="left")
         return joined["rating"].cast(dtype).alias(TRUTH)

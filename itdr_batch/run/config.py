@@ -7,11 +7,20 @@ line are relative to the working directory.
 
 import hashlib
 import json
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from itdr_batch.engines.config import Adapters, DType, EngineConfig, EngineOptions
 from itdr_batch.errors import ItdrError
@@ -21,6 +30,8 @@ from itdr_batch.prompts.templates import DOMAINS
 from itdr_batch.scoring.modes import RATING_SCALE, ScoringConfig
 from itdr_batch.tasks import Mode, Task, spec
 
+# Where overrides come from, in error messages.
+COMMAND_LINE = "command line"
 # Keys holding paths: relative ones in a TOML file are relative to that file's folder.
 PATH_KEYS = (("data", "interactions"), ("data", "items"), ("model", "path"), ("output", "dir"))
 
@@ -46,7 +57,7 @@ class PromptsConfig(Section):
     strategy: Literal["uniform", "popularity"] = "uniform"
     popularity_exponent: float = Field(default=1.0, ge=0)
     # Leave-last-out: hold each user's last interaction out and score it among the candidates.
-    evaluation: bool = False
+    evaluation: StrictBool = False
     item_fields: dict[str, str] = Field(default_factory=dict)
     source_domain: str | None = None
     target_domain: str | None = None
@@ -80,8 +91,8 @@ class ModelConfig(Section):
     # Replaces the format's default system prompt ({system}).
     system: str | None = None
     dtype: DType = "auto"
-    allow_pickle: bool = False
-    trust_remote_code: bool = False
+    allow_pickle: StrictBool = False
+    trust_remote_code: StrictBool = False
 
     @field_validator("chat")
     @classmethod
@@ -178,11 +189,16 @@ class JobConfig(Section):
             item_fields=p.item_fields,
             source_domain=p.source_domain,
             target_domain=p.target_domain,
+            rating_range=(min(self.scoring.rating_scale), max(self.scoring.rating_scale)),
         )
 
     def scoring_config(self, task: Task) -> ScoringConfig:
         return ScoringConfig(
-            task, self.mode(task), self.scoring.rating_scale, self.scoring.max_new_tokens
+            task,
+            self.mode(task),
+            self.model.chat_format(),
+            rating_scale=self.scoring.rating_scale,
+            max_new_tokens=self.scoring.max_new_tokens,
         )
 
     def dump(self) -> dict[str, Any]:
@@ -208,12 +224,16 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> J
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
         _resolve_paths(data, path.parent)
-    for key, value in (overrides or {}).items():
-        _set(data, key, value, source)
+    overrides = overrides or {}
+    for key, value in overrides.items():
+        _set(data, key, value, COMMAND_LINE)
+    # Paths given on the command line are relative to the working directory; all are stored
+    # absolute, so a run's manifest names its inputs wherever it is read from.
+    _resolve_paths(data, Path.cwd())
     try:
         return JobConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from None
+        raise ConfigError(_describe(exc, source, set(overrides))) from None
 
 
 def parse_override(pair: str) -> tuple[str, Any]:
@@ -230,8 +250,10 @@ def parse_override(pair: str) -> tuple[str, Any]:
 
 
 def _resolve_paths(data: dict[str, Any], folder: Path) -> None:
+    """Relative path values joined to ``folder``, made absolute (symbolic links kept)."""
+
     def resolved(value: Any) -> Any:
-        return str(folder / value) if isinstance(value, str) else value
+        return os.path.abspath(folder / value) if isinstance(value, str) else value
 
     for section, key in PATH_KEYS:
         table = data.get(section)
@@ -254,11 +276,16 @@ def _set(data: dict[str, Any], dotted: str, value: Any, source: str) -> None:
     table[last] = value
 
 
-def _describe(exc: ValidationError, source: str) -> str:
-    lines = []
+def _describe(exc: ValidationError, source: str, overridden: set[str]) -> str:
+    """One line per problem, each under the source that set its key: the file, or the command
+    line (``--set`` and the flags)."""
+    lines: dict[str, list[str]] = {}
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"])
         message = error["msg"].removeprefix("Value error, ")
+        # Whole-configuration checks name their key at the start of the message.
+        named = key or message.partition(":")[0]
+        origin = COMMAND_LINE if _overridden(named, overridden) else source
         if error["type"] == "extra_forbidden":
             message = "unknown key"
         elif error["type"] == "missing":
@@ -267,5 +294,13 @@ def _describe(exc: ValidationError, source: str) -> str:
         hide = error["type"] in ("missing", "extra_forbidden") or isinstance(given, dict)
         if key:
             message = f"{key}: {message}" + ("" if hide else f" (got {given!r})")
-        lines.append(message)
-    return f"{source}: " + ("\n  ".join(lines) if len(lines) == 1 else "\n  " + "\n  ".join(lines))
+        lines.setdefault(origin, []).append(message)
+    return "\n".join(
+        f"{origin}: " + (found[0] if len(found) == 1 else "\n  " + "\n  ".join(found))
+        for origin, found in lines.items()
+    )
+
+
+def _overridden(key: str, overridden: set[str]) -> bool:
+    """Whether an override set ``key`` or a table holding it (``adapters`` for ``adapters.0``)."""
+    return any(key == o or key.startswith(o + ".") for o in overridden)

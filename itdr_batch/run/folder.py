@@ -2,6 +2,7 @@
 
 Layout::
 
+    DIR/.lock                              the lock: who writes the folder (pid, host, start)
     DIR/_parts/_run.json                   RunState: the run in progress
     DIR/_parts/<task>/<batch>.parquet      a committed unit's results ...
     DIR/_parts/<task>/<batch>.rejects.parquet   ... and rejects
@@ -9,12 +10,22 @@ Layout::
     DIR/<task>.parquet, DIR/rejects.parquet     the final files (parts concatenated)
     DIR/_manifest.json                     Manifest, written last: the run is complete
 
-Every file is written atomically, so a run killed at any point leaves only whole files, and a
-unit without its record is simply done again.
+One process writes a folder at a time: ``lock`` holds an OS lock (``flock``) on ``DIR/.lock``
+for the whole run, and the kernel drops it when the process ends, however it ends, so a killed run
+never blocks its rerun. Every file is written atomically, so a run killed at any point leaves only
+whole files (and temporary ones, removed by the next run), and a unit without its record is
+simply done again.
 """
 
+import fcntl
+import json
+import logging
+import os
 import shutil
-from collections.abc import Sequence
+import socket
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +33,18 @@ import polars as pl
 
 from itdr_batch.errors import ItdrError
 from itdr_batch.run.manifest import Manifest, RunState, UnitRecord, read_record
-from itdr_batch.tables.sink import concat_parquet_atomic, write_json_atomic, write_parquet_atomic
+from itdr_batch.tables.sink import (
+    DiskFull,
+    concat_parquet_atomic,
+    temporary_files,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 from itdr_batch.tasks import Task
 
+log = logging.getLogger(__name__)
+
+LOCK = ".lock"
 MANIFEST = "_manifest.json"
 PARTS = "_parts"
 RUN_STATE = "_run.json"
@@ -32,12 +52,54 @@ REJECTS = "rejects.parquet"
 
 
 class RunFolderError(ItdrError):
-    """The folder holds another run, complete or not."""
+    """The folder cannot take this run: another run is in it or writing it, or it cannot be
+    written (not a folder, read-only, full)."""
+
+
+# Lock files this process holds. A forked child (an engine's worker) inherits them and would keep
+# the lock after this process is killed, so children close them.
+_held: set[int] = set()
+
+
+def _close_held() -> None:
+    for fd in _held:
+        os.close(fd)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_close_held)
 
 
 class RunFolder:
     def __init__(self, out: Path) -> None:
         self.out = Path(out)
+
+    def check_writable(self) -> None:
+        """An error, before any output, when the folder cannot be created or written."""
+        base = next(p for p in (self.out, *self.out.parents) if p.exists())
+        if not base.is_dir():
+            raise RunFolderError(f"{self.out} cannot hold a run: {base} is not a folder")
+        if not os.access(base, os.W_OK | os.X_OK):
+            raise RunFolderError(f"{self.out} cannot hold a run: {base} is not writable")
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """The folder, for this process alone until the block ends; an error naming the holder
+        when another process has it. Temporary files of a killed writer are removed first."""
+        path = self.out / LOCK
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise RunFolderError(f"{self.out} cannot hold a run: {exc.strerror} ({path})") from exc
+        try:
+            _acquire(fd, self.out)
+            _held.add(fd)
+            self._remove_leftovers()
+            yield
+        finally:
+            _held.discard(fd)
+            os.close(fd)
 
     @property
     def manifest_path(self) -> Path:
@@ -85,7 +147,8 @@ class RunFolder:
         path = self.parts / RUN_STATE
         if path.is_file():
             return read_record(path, RunState)
-        write_json_atomic(state.dump(), path)
+        with _space():
+            write_json_atomic(state.dump(), path)
         return state
 
     def committed(self, batch: int, task: Task) -> bool:
@@ -101,9 +164,10 @@ class RunFolder:
     ) -> None:
         """The unit's parts, then its record: only a unit with a record counts as done."""
         part = self._part(batch, task)
-        write_parquet_atomic(results, part)
-        write_parquet_atomic(rejects, part.with_suffix(".rejects.parquet"))
-        write_json_atomic(record.dump(), self._record(batch, task))
+        with _space():
+            write_parquet_atomic(results, part)
+            write_parquet_atomic(rejects, part.with_suffix(".rejects.parquet"))
+            write_json_atomic(record.dump(), self._record(batch, task))
 
     def records(self, task: Task, batches: int) -> list[UnitRecord]:
         return [read_record(self._record(b, task), UnitRecord) for b in range(batches)]
@@ -117,27 +181,80 @@ class RunFolder:
     ) -> dict[str, str]:
         """The parts streamed into one file per task and ``rejects.parquet``; their names."""
         files: dict[str, str] = {}
-        for task in tasks:
-            parts = [self._part(b, task) for b in range(batches)]
-            _concat(parts, schemas[task], self.out / f"{task}.parquet")
-            files[str(task)] = f"{task}.parquet"
-        reject_parts = [
-            self._part(b, t).with_suffix(".rejects.parquet") for b in range(batches) for t in tasks
-        ]
-        _concat(reject_parts, rejects, self.out / REJECTS)
+        with _space():
+            for task in tasks:
+                parts = [self._part(b, task) for b in range(batches)]
+                _concat(parts, schemas[task], self.out / f"{task}.parquet")
+                files[str(task)] = f"{task}.parquet"
+            reject_parts = [
+                self._part(b, t).with_suffix(".rejects.parquet")
+                for b in range(batches)
+                for t in tasks
+            ]
+            _concat(reject_parts, rejects, self.out / REJECTS)
         files["rejects"] = REJECTS
         return files
 
     def complete(self, manifest: Manifest) -> None:
         """Writes the manifest, last, and drops the parts."""
-        write_json_atomic(manifest.dump(), self.manifest_path)
+        with _space():
+            write_json_atomic(manifest.dump(), self.manifest_path)
         shutil.rmtree(self.parts, ignore_errors=True)
+
+    def _remove_leftovers(self) -> None:
+        """Temporary files of a writer killed mid-write: under the lock none is being written.
+        Only those of the files a run writes (``evaluate`` writes beside them, unlocked)."""
+        stale = temporary_files(self.out, "*.parquet") + temporary_files(self.out, MANIFEST)
+        stale += temporary_files(self.parts, recursive=True)
+        for path in stale:
+            path.unlink(missing_ok=True)
+        if stale:
+            log.info("%s: removed %d temporary files of an interrupted run", self.out, len(stale))
 
     def _part(self, batch: int, task: Task) -> Path:
         return self.parts / str(task) / f"{batch:06d}.parquet"
 
     def _record(self, batch: int, task: Task) -> Path:
         return self.parts / str(task) / f"{batch:06d}.json"
+
+
+def _acquire(fd: int, out: Path) -> None:
+    """Takes the lock without waiting and writes who holds it; an error naming the holder."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RunFolderError(
+            f"{out} is being written by another run ({_holder(fd)}); wait for it to end, "
+            "or write this run to another --out"
+        ) from None
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": started}
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+    except OSError as exc:
+        raise RunFolderError(f"{out} cannot hold a run: {exc.strerror} ({out / LOCK})") from exc
+
+
+def _holder(fd: int) -> str:
+    """The lock holder as its lock file names it."""
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0))
+        return f"pid {holder['pid']} on host {holder['host']}, started {holder['started_at']}"
+    except (ValueError, KeyError, TypeError):
+        return "a process that has not yet written its pid"
+
+
+@contextmanager
+def _space() -> Iterator[None]:
+    """A full disk as a one-line error: what is committed stays, and a rerun resumes from it."""
+    try:
+        yield
+    except DiskFull as exc:
+        raise RunFolderError(
+            f"{exc.filename}: {exc.strerror}; the batches committed so far are kept: free some "
+            "space and run the same command again to resume"
+        ) from exc
 
 
 def _concat(parts: list[Path], schema: pl.Schema, path: Path) -> None:

@@ -7,9 +7,10 @@ One code path for the CLI, the Prefect flows and the benchmarks:
 2. The shard is cut into batches of ``scoring.batch_size`` rows; each (batch, task) is a unit.
    A worker thread builds the next unit's prompts (``build``) while the engine scores the
    current one (``score``).
-3. ``folder``: each unit is committed on its own; a run killed at any point resumes from its
-   last committed unit. Batches are cut by row position and prompts depend only on the seed and
-   the row, so the resumed run writes exactly the rows of an uninterrupted one.
+3. ``folder``: one process writes a folder (an OS lock, held from the checks of what the folder
+   holds to the manifest); each unit is committed on its own; a run killed at any point resumes
+   from its last committed unit. Batches are cut by row position and prompts depend only on the
+   seed and the row, so the resumed run writes exactly the rows of an uninterrupted one.
 4. At the end the parts become one Parquet file per task plus ``rejects.parquet``, the counts
    are checked, and ``_manifest.json`` is written last. Rerunning a complete run is a no-op.
 
@@ -82,25 +83,35 @@ def run_job(
     the configuration and closed at the end.
     """
     folder = RunFolder(Path(out or config.output.dir))
+    folder.check_writable()
     plan = make_plan(config, Path(users), dry_run)
-    done = folder.completed(plan.run_id, config.dump())
-    if done is not None:
-        log.info("%s: run %s is already complete; nothing to do", folder.out, plan.run_id)
-        return JobResult(folder.out, done, skipped=True)
-    folder.check_unfinished(plan.run_id, config.dump())
-    owned = engine is None and not dry_run
-    if not dry_run:
+    # One writer per folder, from the checks of what the folder holds to the manifest.
+    with folder.lock():
+        done = folder.completed(plan.run_id, config.dump())
+        if done is not None:
+            log.info("%s: run %s is already complete; nothing to do", folder.out, plan.run_id)
+            return JobResult(folder.out, done, skipped=True)
+        folder.check_unfinished(plan.run_id, config.dump())
+        return JobResult(folder.out, _run(folder, plan, engine, reporter))
+
+
+def _run(
+    folder: RunFolder, plan: Plan, engine: Engine | None, reporter: Reporter | None
+) -> Manifest:
+    """Opens the engine (unless one is handed in or it is a dry run), scores, finishes."""
+    config = plan.config
+    owned = engine is None and not plan.dry_run
+    if not plan.dry_run:
         engine = engine or open_engine(config.engine_config(), list(plan.adapters))
         _check_engine(engine, plan)
     try:
         scorers = {} if engine is None else _scorers(engine, plan)
         state = folder.start(RunState(run_id=plan.run_id, config=config.dump(), started_at=_now()))
         _run_units(folder, plan, scorers, reporter)
-        manifest = _finish(folder, plan, state, engine)
+        return _finish(folder, plan, state, engine)
     finally:
         if owned and engine is not None:
             engine.close()
-    return JobResult(folder.out, manifest)
 
 
 def _scorers(engine: Engine, plan: Plan) -> dict[str, Scorer]:
@@ -171,6 +182,9 @@ def _finish(folder: RunFolder, plan: Plan, state: RunState, engine: Engine | Non
         counts=Counts(
             rows=plan.n_rows,
             tasks={str(task): _task_counts(plan, records[task]) for task in plan.tasks},
+            left_out={
+                str(task): left_out for task in plan.tasks if (left_out := _left_out(records[task]))
+            },
         ),
         timings=Timings(
             started_at=state.started_at,
@@ -210,6 +224,14 @@ def _task_counts(plan: Plan, records: list[UnitRecord]) -> dict[str, AdapterCoun
             scored=scored, rejected=sum(rejected.values()), reasons=rejected
         )
     return counts
+
+
+def _left_out(records: list[UnitRecord]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for record in records:
+        for kind, n in record.left_out.items():
+            total[kind] = total.get(kind, 0) + n
+    return total
 
 
 def _versions() -> dict[str, str]:

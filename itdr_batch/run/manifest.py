@@ -67,6 +67,8 @@ class Counts(Record):
     rows: int
     # task -> adapter ("base" for the base model) -> counts.
     tasks: dict[str, dict[str, AdapterCounts]]
+    # task -> what prompt building left out (`LEFT_OUT` in itdr_batch/run/score.py) -> count.
+    left_out: dict[str, dict[str, int]] = {}
 
 
 class Timings(Record):
@@ -126,6 +128,8 @@ class UnitRecord(Record):
     rejected: dict[str, dict[str, int]]
     prompts: int
     prompt_tokens: int
+    # What prompt building left out of the unit's prompts, by kind.
+    left_out: dict[str, int] = {}
     build_s: float
     score_s: float
 

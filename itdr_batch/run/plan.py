@@ -97,8 +97,10 @@ def make_plan(config: JobConfig, users: Path, dry_run: bool) -> Plan:
     items = load_items(config.data.items)
     interactions = load_interactions(config.data.interactions, items)
     key = config.key()
-    loader = load_users if key == "user_id" else load_item_shard
-    shard = loader(users, items)
+    if key == "user_id":
+        shard = load_users(users, items, interactions)
+    else:
+        shard = load_item_shard(users, items)
     n_rows = shard.frame.select(pl.len()).collect().item()
     items_frame = items.frame.collect()
     ids = Ids(key, shard.frame.collect_schema()[key], items_frame.schema["item_id"])

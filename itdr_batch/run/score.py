@@ -29,6 +29,13 @@ from itdr_batch.tasks import spec
 
 log = logging.getLogger(__name__)
 
+# Prompt columns counting data left out of a row's prompt -> the manifest's name for it.
+LEFT_OUT = {
+    # Ids in the shard's `candidates` that are not items: dropped before sampling.
+    "unknown_candidates": "unknown_candidate_ids",
+    # RP/IR: interactions without a rating inside the scale, left out of the history.
+    "unrated": "unrated_interactions",
+}
 # Scored statuses that leave nothing to report (ranked lists always fall back to an order).
 SCORE_REJECTS = (ScoreStatus.PROMPT_TOO_LONG, ScoreStatus.ENGINE_ERROR)
 
@@ -53,6 +60,10 @@ def score_unit(plan: Plan, scorers: dict[str, Scorer], built: Built) -> ScoredUn
     refused = built.prompts.filter(pl.col("reason").is_not_null()).select(
         key, "reason", detail=pl.lit(None, pl.String)
     )
+    if not plan.dry_run:
+        # A cold prefix cache per unit: its floats then depend on its own prompts only (a cached
+        # prefix runs other kernels), so a resumed run writes the uninterrupted run's rows.
+        scorers[task].engine.forget()
     results, rejects = [], []
     scored: dict[str, int] = {}
     rejected: dict[str, dict[str, int]] = {}
@@ -91,10 +102,21 @@ def score_unit(plan: Plan, scorers: dict[str, Scorer], built: Built) -> ScoredUn
         rejected=rejected,
         prompts=prompts,
         prompt_tokens=prompt_tokens,
+        left_out=_left_out(built.prompts),
         build_s=built.seconds,
         score_s=time.perf_counter() - started,
     )
     return ScoredUnit(pl.concat(results), pl.concat(rejects), record)
+
+
+def _left_out(prompts: pl.DataFrame) -> dict[str, int]:
+    """Per kind, how much of the rows' data their prompts do not show (counted, never silent)."""
+    counts = {
+        kind: int(prompts[column].sum())
+        for column, kind in LEFT_OUT.items()
+        if column in prompts.columns
+    }
+    return {kind: n for kind, n in counts.items() if n}
 
 
 def _score_reject(task: str) -> pl.Expr:

@@ -6,9 +6,16 @@
   the list. The engines prefill each shared prompt once.
 - ``label``: next-token log-probabilities of fixed label tokens (RP: the scale's ratings), giving
   the expected rating and the most likely one.
+
+Prompts are tokenized in three parts: the chat format's opening and closing with the model's
+tokenizer (its markers become their special tokens) and the user turn between them, which holds
+titles, reviews and attributes from sellers and users, as plain text: a ``<|im_end|>`` in a title
+stays characters and can never end the turn.
 """
 
+import copy
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +24,7 @@ import polars as pl
 
 from itdr_batch.engines import Engine, Failure, Prompt
 from itdr_batch.errors import ItdrError
+from itdr_batch.prompts.chat import ChatFormat, chat_format
 from itdr_batch.scoring.parsing import parse_attributes, parse_ranking, parse_rating, parse_text
 from itdr_batch.status import ScoreStatus
 from itdr_batch.tasks import Mode, ResultKind, Task, spec
@@ -31,8 +39,11 @@ class ScoringError(ItdrError):
 
 @dataclass(frozen=True)
 class ScoringConfig:
+    """``chat``: the format the prompts were built with; only its markers become special tokens."""
+
     task: Task
     mode: Mode
+    chat: ChatFormat | str
     rating_scale: tuple[float, ...] = RATING_SCALE
     max_new_tokens: int | None = None
 
@@ -75,6 +86,82 @@ class Scored:
         self.status = ScoreStatus(self.status)
 
 
+class PromptEncoder:
+    """Token ids of prompts rendered in one chat format, and of text from the data."""
+
+    def __init__(self, tokenizer: Any, chat: ChatFormat | str) -> None:
+        self._before, self._after = chat_format(chat).split()
+        self._before_ids, self._after_ids = tokenizer(
+            [self._before, self._after], add_special_tokens=False
+        )["input_ids"]
+        self._text = _text_tokenizer(tokenizer)
+
+    def prompts(self, prompts: Sequence[str]) -> list[list[int]]:
+        """What the engines score: the format's markup around the user turn, read as text.
+
+        A prompt not wrapped in this chat format was built with another one.
+        """
+        before, after = self._before, self._after
+        bodies = []
+        for prompt in prompts:
+            fits = len(prompt) >= len(before) + len(after)
+            if not (fits and prompt.startswith(before) and prompt.endswith(after)):
+                raise ScoringError(
+                    f"a prompt is not wrapped in the scoring chat format ({before!r} ... "
+                    f"{after!r}): build and score prompts with the same chat format; the prompt "
+                    f"starts {prompt[:60]!r}"
+                )
+            bodies.append(prompt[len(before) : len(prompt) - len(after)])
+        return [self._before_ids + ids + self._after_ids for ids in self.text(bodies)]
+
+    def text(self, texts: Sequence[str]) -> list[list[int]]:
+        """Text from the data: markup in it is tokenized as characters, never as special tokens."""
+        if not texts:
+            return []
+        ids: list[list[int]] = self._text(
+            list(texts), add_special_tokens=False, split_special_tokens=True
+        )["input_ids"]
+        return ids
+
+
+# Each tokenizer's copy for text (copying Qwen's takes ~1 s), or None where it needs none. Never
+# the tokenizer itself: a value holding its weak key would keep it alive.
+_TEXT_COPIES: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def _text_tokenizer(tokenizer: Any) -> Any:
+    """``tokenizer`` for text from the data, checked to yield none of its added tokens.
+
+    ``split_special_tokens`` spells special tokens out, but a fast tokenizer still matches its
+    added tokens not flagged special (Qwen's ``<tool_call>``, ``<|fim_prefix|>``), so a copy
+    flags them special too.
+    """
+    if tokenizer in _TEXT_COPIES:
+        cached = _TEXT_COPIES[tokenizer]
+        return tokenizer if cached is None else cached
+    added = tokenizer.added_tokens_decoder
+    copied = None
+    if not all(token.special for token in added.values()):
+        copied = copy.deepcopy(tokenizer)
+        # The copy's own tokens: a Python tokenizer hands out the ones it keeps.
+        plain = [token for token in copied.added_tokens_decoder.values() if not token.special]
+        for token in plain:
+            token.special = True
+        copied.add_tokens(plain, special_tokens=True)
+    text = tokenizer if copied is None else copied
+    contents = [token.content for token in added.values()]
+    if contents:
+        ids = text(contents, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        leaked = sorted({i for row in ids for i in row} & set(added))
+        if leaked:
+            raise ScoringError(
+                f"the tokenizer turns text into its added tokens {leaked[:5]} even with "
+                "split_special_tokens, so data could inject chat markup; use another tokenizer"
+            )
+    _TEXT_COPIES[tokenizer] = copied
+    return text
+
+
 class Scorer:
     """Scores rows of one task in one mode with an engine and the model's tokenizer."""
 
@@ -86,11 +173,12 @@ class Scorer:
         self.spec = spec(self.task)
         self.mode = Mode(config.mode)
         self._ratings = [f"{r:g}" for r in config.rating_scale]
+        self.encoder = PromptEncoder(tokenizer, config.chat)
         self._label_ids: list[int] = []
         # Prompt tokens sent to the engine, for throughput figures.
         self.prompt_tokens = 0
         if self.mode is Mode.LABEL:
-            for rating, ids in zip(self._ratings, self._encode(self._ratings), strict=True):
+            for rating, ids in zip(self._ratings, self.encoder.text(self._ratings), strict=True):
                 if len(ids) != 1:
                     raise ScoringError(
                         f"label mode needs each rating to be one token; {rating!r} is {len(ids)} "
@@ -104,7 +192,7 @@ class Scorer:
             raise ScoringError(f"unknown adapter(s) {sorted(map(str, unknown))}")
         prompts = [
             Prompt(ids, row.adapter)
-            for ids, row in zip(self._encode([r.prompt for r in rows]), rows, strict=True)
+            for ids, row in zip(self.encoder.prompts([r.prompt for r in rows]), rows, strict=True)
         ]
         self.prompt_tokens += sum(len(p.ids) for p in prompts)
         if self.mode is Mode.GENERATE:
@@ -120,7 +208,9 @@ class Scorer:
             answers = [self._ratings] * len(rows)
         else:
             answers = [[answer.format(title=title) for title in r.candidates] for r in rows]
-        encoded = [self._encode(a) if a else [] for a in answers]
+        # Answers hold titles from the data: text, like the user turn; one call for the batch.
+        flat = iter(self.encoder.text([a for row in answers for a in row]))
+        encoded = [[next(flat) for _ in row] for row in answers]
         outs = self.engine.continuation_logprobs(prompts, encoded)
         results = []
         for out in outs:
@@ -181,12 +271,6 @@ class Scorer:
             return Scored(status, text=text, fields=fields)
         stripped, status = parse_text(text)
         return Scored(status, text=stripped)
-
-    def _encode(self, texts: Sequence[str]) -> list[list[int]]:
-        if not texts:
-            return []
-        ids: list[list[int]] = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        return ids
 
 
 def _failed(failure: Failure) -> Scored:

@@ -2,8 +2,10 @@
 
 Every check runs before any output is written, so bad input fails fast with a message that names
 the file, the column, what is wrong and up to five offending rows (by their 0-based row index in
-the file). Interactions that point at unknown items are not an error: they are dropped, counted
-and reported, because real catalogues lag behind their logs.
+the file). Validation decodes every column once, so a damaged file fails here too. Interactions
+that point at unknown items are not an error: they are dropped, counted and reported, because real
+catalogues lag behind their logs; so are interactions whose rating is NaN or infinite, which no
+task can show or average.
 """
 
 import logging
@@ -29,8 +31,20 @@ log = logging.getLogger(__name__)
 MAX_EXAMPLES = 5
 ROW = "row"
 
-# ISO-8601 forms accepted for string timestamps, read as UTC.
-_TIME_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d")
+# ISO-8601 forms accepted for string timestamps: with `Z` or an offset (converted to UTC), or
+# without (read as UTC); fractional seconds optional.
+_TIME_FORMATS = (
+    "%Y-%m-%dT%H:%M:%S%.f%#z",
+    "%Y-%m-%d %H:%M:%S%.f%#z",
+    "%Y-%m-%dT%H:%M:%S%.f",
+    "%Y-%m-%d %H:%M:%S%.f",
+    "%Y-%m-%d",
+)
+# Epoch seconds past 1e11 (year 5138) are another unit: a column whose smallest magnitude
+# is past it is read in the first unit that brings it below (README, "Canonical tables").
+_MAX_SECONDS = 10**11
+_EPOCH_UNITS = (("seconds", 1), ("milliseconds", 10**3), ("microseconds", 10**6))
+_NANOSECONDS = ("nanoseconds", 10**9)
 
 
 @dataclass(frozen=True)
@@ -85,8 +99,17 @@ def scan(path: str | Path, schema: TableSchema) -> pl.LazyFrame:
         frame = pl.scan_parquet(path)
         frame.collect_schema()
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise TableError(source, [Problem(None, f"cannot be read as Parquet: {exc}")]) from exc
-    return validate(frame, schema, source)
+        raise _unreadable(source, exc) from exc
+    try:
+        return validate(frame, schema, source)
+    except (pl.exceptions.ComputeError, OSError) as exc:
+        # A readable footer over damaged data pages: decoding them fails during validation.
+        raise _unreadable(source, exc) from exc
+
+
+def _unreadable(source: str, exc: Exception) -> TableError:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return TableError(source, [Problem(None, f"cannot be read as Parquet: {reason}")])
 
 
 def validate(frame: pl.LazyFrame, schema: TableSchema, source: str) -> pl.LazyFrame:
@@ -111,6 +134,7 @@ def validate(frame: pl.LazyFrame, schema: TableSchema, source: str) -> pl.LazyFr
         checks.extend(_row_checks(column, pl.col(column.name), pl.col(_canonical(column.name))))
     if problems:
         raise TableError(source, problems)
+    rescaled = _read_epochs(frame, schema, present, casts, checks, source)
     if schema.unique is not None:
         duplicated = pl.col(_canonical(schema.unique)).is_duplicated()
         checks.append((schema.unique, "has duplicate values", duplicated))
@@ -119,13 +143,13 @@ def validate(frame: pl.LazyFrame, schema: TableSchema, source: str) -> pl.LazyFr
     checked = frame.with_row_index(ROW).with_columns(
         expr.alias(_canonical(name)) for name, expr in casts.items()
     )
-    problems = _failed_checks(checked, checks, _key_columns(schema, present))
+    problems = _failed_checks(checked, checks, _key_columns(schema, present), present.names())
     if problems:
         raise TableError(source, problems)
     # Columns already canonical stay untouched (a cast to the same dtype changes nothing), so
     # that filters on them reach the Parquet scan: a batch then reads only its users' rows.
     converted = frame.select(expr.alias(name) for name, expr in casts.items()).collect_schema()
-    changed = {n: e for n, e in casts.items() if converted[n] != present[n]}
+    changed = {n: e for n, e in casts.items() if n in rescaled or converted[n] != present[n]}
     return frame.with_columns(expr.alias(name) for name, expr in changed.items())
 
 
@@ -141,15 +165,20 @@ def _key_columns(schema: TableSchema, present: pl.Schema) -> list[str]:
 
 
 def _failed_checks(
-    checked: pl.LazyFrame, checks: list[tuple[str, str, pl.Expr]], keys: list[str]
+    checked: pl.LazyFrame,
+    checks: list[tuple[str, str, pl.Expr]],
+    keys: list[str],
+    columns: list[str],
 ) -> list[Problem]:
-    """Counts every rule's offending rows in one pass; fetches examples only for broken rules."""
-    if not checks:
-        return []
+    """Counts every rule's offending rows in one pass that also decodes all ``columns`` (a damaged
+    page fails here, not in the job); fetches examples only for broken rules."""
     counts = (
-        checked.select(bad.sum().alias(str(i)) for i, (_, _, bad) in enumerate(checks))
+        checked.select(
+            *(bad.sum().alias(f"__check_{i}") for i, (_, _, bad) in enumerate(checks)),
+            *(pl.col(c).null_count().alias(f"__read_{c}") for c in columns),
+        )
         .collect(engine="streaming")
-        .row(0)
+        .row(0)[: len(checks)]
     )
     problems = []
     for (column, what, bad), count in zip(checks, counts, strict=True):
@@ -166,21 +195,31 @@ def load_items(path: str | Path) -> Table:
 
 
 def load_interactions(path: str | Path, items: Table) -> Table:
-    """Loads interactions and drops (counting them) rows whose item is not in ``items``."""
+    """Loads interactions and drops (counting them) rows whose rating is NaN or infinite and rows
+    whose item is not in ``items``."""
     source = str(path)
     frame = scan(path, INTERACTIONS)
-    known, dropped = drop_unknown_items(frame, items, source)
-    return Table(source, known, {"unknown item_id": dropped} if dropped else {})
+    finite, non_finite = drop_non_finite_ratings(frame, source)
+    known, unknown = drop_unknown_items(finite, items, source)
+    dropped = {"non-finite rating": non_finite, "unknown item_id": unknown}
+    return Table(source, known, {reason: n for reason, n in dropped.items() if n})
 
 
-def load_users(path: str | Path, items: Table) -> Table:
-    """Loads a users shard; an empty shard is valid."""
+def load_users(path: str | Path, items: Table, interactions: Table | None = None) -> Table:
+    """Loads a users shard; an empty shard is valid. Its ``user_id`` must have the dtype of the
+    ``interactions``' (when given): ids keep one type end to end."""
     source = str(path)
     frame = scan(path, USERS)
     names = frame.collect_schema().names()
     for column in ("candidates", "target_item_id"):
         if column in names:
             _check_same_ids(frame, column, items, source)
+    if interactions is not None:
+        expected = interactions.frame.collect_schema()["user_id"]
+        actual = frame.collect_schema()["user_id"]
+        if actual != expected:
+            what = f"holds {actual} user ids but user_id in {interactions.source} is {expected}"
+            raise TableError(source, [Problem("user_id", what)])
     return Table(source, frame)
 
 
@@ -212,6 +251,26 @@ def drop_unknown_items(
         )
     known = interactions.join(item_ids, on="item_id", how="semi", maintain_order="left")
     return known, count
+
+
+def drop_non_finite_ratings(interactions: pl.LazyFrame, source: str) -> tuple[pl.LazyFrame, int]:
+    """Drops interactions whose rating is NaN or infinite (a null rating is kept: no rating);
+    logs and returns how many were dropped."""
+    if "rating" not in interactions.collect_schema().names():
+        return interactions, 0
+    non_finite = pl.col("rating").is_not_null() & ~pl.col("rating").is_finite()
+    bad = interactions.with_row_index(ROW).filter(non_finite)
+    count = bad.select(pl.len()).collect(engine="streaming").item()
+    if count:
+        examples = bad.select(ROW, "user_id", "item_id", "rating").head(MAX_EXAMPLES).collect()
+        log.warning(
+            "%s: %d rows have a NaN or infinite rating and were dropped (first %d: %s)",
+            source,
+            count,
+            len(examples),
+            _format_rows(examples),
+        )
+    return interactions.filter(~non_finite), count
 
 
 def _check_same_ids(frame: pl.LazyFrame, column: str, items: Table, source: str) -> None:
@@ -264,6 +323,73 @@ def _normaliser(kind: Kind, dtype: pl.DataType) -> Callable[[pl.Expr], pl.Expr] 
     elif kind is Kind.ATTRIBUTES and (isinstance(dtype, pl.Struct) or dtype == pl.String):
         return lambda e: e
     return None
+
+
+def _read_epochs(
+    frame: pl.LazyFrame,
+    schema: TableSchema,
+    present: pl.Schema,
+    casts: dict[str, pl.Expr],
+    checks: list[tuple[str, str, pl.Expr]],
+    source: str,
+) -> set[str]:
+    """Epoch-number timestamps in their detected unit: rescales the ``casts`` of columns not in
+    seconds, adds a check for values in another unit, returns the rescaled columns."""
+    rescaled = set()
+    for column in schema.columns:
+        epoch = None
+        if column.kind is Kind.TIMESTAMP and column.name in casts:
+            epoch = _epoch_values(pl.col(column.name), present[column.name])
+        if epoch is None:
+            continue
+        unit, divisor = _epoch_unit(frame, column.name, epoch, source)
+        if divisor != 1:
+            casts[column.name] = _in_seconds(casts[column.name], epoch, divisor)
+            rescaled.add(column.name)
+        too_large = epoch.is_not_null() & (pl.col(_canonical(column.name)).abs() >= _MAX_SECONDS)
+        what = f"has epoch values past year 5138 as {unit} (its smallest values' unit)"
+        checks.append((column.name, f"{what}: mixed units?", too_large))
+    return rescaled
+
+
+def _epoch_values(column: pl.Expr, dtype: pl.DataType) -> pl.Expr | None:
+    """The column's epoch numbers (null elsewhere), or None for dtypes that carry no epochs."""
+    if dtype.is_integer():
+        return column.cast(pl.Int64, strict=False)
+    if dtype.is_float():
+        return pl.when(column.is_finite()).then(column)
+    if dtype == pl.String:
+        return column.str.strip_chars().cast(pl.Int64, strict=False)
+    return None
+
+
+def _epoch_unit(frame: pl.LazyFrame, name: str, epoch: pl.Expr, source: str) -> tuple[str, int]:
+    """The unit of a column's epoch numbers, from the smallest magnitude (one pass over it)."""
+    smallest = frame.select(epoch.abs().min()).collect(engine="streaming").item()
+    if smallest is None:
+        return _EPOCH_UNITS[0]
+    unit, divisor = next(
+        ((u, d) for u, d in _EPOCH_UNITS if smallest / d < _MAX_SECONDS), _NANOSECONDS
+    )
+    if divisor != 1:
+        log.warning(
+            "%s: column '%s' read as epoch %s (its smallest value, %d, is past year 5138 in "
+            "seconds)",
+            source,
+            name,
+            unit,
+            smallest,
+        )
+    return unit, divisor
+
+
+def _in_seconds(converted: pl.Expr, epoch: pl.Expr, divisor: int) -> pl.Expr:
+    """``converted`` with its epoch numbers divided into seconds (floored); dates untouched."""
+    return (
+        pl.when(epoch.is_not_null())
+        .then((epoch // divisor).cast(pl.Int64, strict=False))
+        .otherwise(converted)
+    )
 
 
 def _timestamp_normaliser(dtype: pl.DataType) -> Callable[[pl.Expr], pl.Expr] | None:

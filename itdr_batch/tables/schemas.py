@@ -15,7 +15,7 @@ class Kind(Enum):
 
     ID = "int64 or string id"
     ID_LIST = "list of ids"
-    TIMESTAMP = "int64 epoch seconds, datetime, date or ISO-8601 string"
+    TIMESTAMP = "epoch number (unit detected), datetime, date or ISO-8601 string"
     FLOAT = "number"
     TEXT = "string"
     NON_EMPTY_TEXT = "non-empty string"

@@ -1,6 +1,8 @@
 """Writing results so that readers never see a partial file."""
 
+import errno
 import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -17,21 +19,63 @@ def write_parquet_atomic(frame: pl.DataFrame | pl.LazyFrame, path: Path) -> None
 
 
 def write_json_atomic(value: object, path: Path) -> None:
-    text = json.dumps(value, indent=2, sort_keys=True) + "\n"
+    """``value`` as strict JSON: NaN and infinities, which JSON lacks, are written as null (as
+    JavaScript's ``JSON.stringify`` does), so a reader sees a missing number, never invalid JSON."""
+    text = json.dumps(_finite(value), indent=2, sort_keys=True, allow_nan=False) + "\n"
     write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
+def _finite(value: object) -> object:
+    """``value`` with every non-finite float, at any depth of dicts and lists, as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+# Out of space, or over a quota: what a rerun after freeing space gets past.
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(OSError):
+    """``path`` could not be written for lack of space (``errno``: ENOSPC or EDQUOT)."""
+
+
 def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, synced, then renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """``write(tmp)`` to a temporary file beside ``path``, synced, then renamed into place.
+
+    A full disk raises ``DiskFull`` naming ``path``, whichever library did the writing."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         with tmp.open("rb") as f:
             os.fsync(f.fileno())
         tmp.replace(path)
+    except Exception as exc:
+        if (code := _disk_full(exc)) is None:
+            raise
+        raise DiskFull(code, os.strerror(code), str(path)) from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def temporary_files(folder: Path, name: str = "*", *, recursive: bool = False) -> list[Path]:
+    """The temporary files a ``write_atomic`` killed mid-write left in ``folder`` (and below it,
+    ``recursive``) for the files named ``name`` (a glob)."""
+    pattern = f".{name}.*.tmp"
+    return sorted(folder.rglob(pattern) if recursive else folder.glob(pattern))
+
+
+def _disk_full(exc: BaseException) -> int | None:
+    """ENOSPC or EDQUOT behind ``exc``: an ``OSError``'s errno, or the Rust I/O error text inside
+    a Polars error (Polars reports a failed write as a ``ComputeError``, without an errno)."""
+    if isinstance(exc, OSError):
+        return exc.errno if exc.errno in _DISK_FULL else None
+    return next((code for code in _DISK_FULL if f"(os error {code})" in str(exc)), None)
 
 
 def concat_parquet_atomic(parts: list[Path], path: Path, empty: pl.DataFrame) -> None:
