@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table as RichTable
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 from itdr_batch.bench.cli import app as bench_app
 from itdr_batch.datasets import (
@@ -64,6 +64,28 @@ class _Commands(TyperGroup):
         except ItdrError as exc:
             errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from exc
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _untyped_flags(super().get_params(ctx))
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        """Every command reached from here (subgroups' too) shows its flags without a type."""
+        command = super().get_command(ctx, cmd_name)
+        pending = [] if command is None else [command]
+        while pending:
+            current = pending.pop()
+            _untyped_flags(current.get_params(ctx))
+            pending += getattr(current, "commands", {}).values()
+        return command
+
+
+def _untyped_flags(params: list[Any]) -> list[Any]:
+    """Typer's rich help gives flags a type column (``--verbose <bool>``), as if they took a
+    value; an empty metavar leaves it blank (a flag's metavar is shown nowhere else)."""
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag:
+            param.metavar = ""
+    return params
 
 
 app = typer.Typer(
@@ -200,26 +222,26 @@ def shard(
 def score(
     users: Annotated[Path, typer.Option(help="Users shard (Parquet; TUI: a shard of item_id).")],
     config: Annotated[Path | None, typer.Option(help="Job configuration (TOML).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Run folder [output.dir].")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder \\[output.dir].")] = None,
     dry_run: Annotated[
         bool, typer.Option(help="Write the prompts and candidates instead of scores.")
     ] = False,
-    task: Annotated[list[Task] | None, typer.Option(help="Task(s) [prompts.tasks].")] = None,
-    interactions: Annotated[Path | None, typer.Option(help="[data.interactions]")] = None,
-    items: Annotated[Path | None, typer.Option(help="[data.items]")] = None,
-    model: Annotated[Path | None, typer.Option(help="Model folder [model.path].")] = None,
+    task: Annotated[list[Task] | None, typer.Option(help="Task(s) \\[prompts.tasks].")] = None,
+    interactions: Annotated[Path | None, typer.Option(help="\\[data.interactions]")] = None,
+    items: Annotated[Path | None, typer.Option(help="\\[data.items]")] = None,
+    model: Annotated[Path | None, typer.Option(help="Model folder \\[model.path].")] = None,
     adapter: Annotated[
-        list[str] | None, typer.Option(help="NAME=PATH, repeatable [adapters].")
+        list[str] | None, typer.Option(help="NAME=PATH, repeatable \\[adapters].")
     ] = None,
-    engine: Annotated[Engine | None, typer.Option(help="[engine.kind]")] = None,
+    engine: Annotated[Engine | None, typer.Option(help="\\[engine.kind]")] = None,
     mode: Annotated[
-        Mode | None, typer.Option(help="Scoring mode of every task [scoring.mode].")
+        Mode | None, typer.Option(help="Scoring mode of every task \\[scoring.mode].")
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="[scoring.batch_size]")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="\\[scoring.batch_size]")] = None,
     evaluation: Annotated[
-        bool | None, typer.Option("--evaluation/--no-evaluation", help="[prompts.evaluation]")
+        bool | None, typer.Option("--evaluation/--no-evaluation", help="\\[prompts.evaluation]")
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="[seed]")] = None,
+    seed: Annotated[int | None, typer.Option(help="\\[seed]")] = None,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Any key: KEY=VALUE, VALUE in TOML (scoring.retries=3)."),
@@ -254,7 +276,7 @@ def evaluate_run(
     interactions: Annotated[
         Path | None,
         typer.Option(
-            help="The run's interactions table, moved [the manifest's path; same sha256]."
+            help="The run's interactions table, moved (default: the manifest's path; same sha256)."
         ),
     ] = None,
 ) -> None:

@@ -40,7 +40,9 @@ def test_prompts_for_a_users_shard(cli: CliRunner, tmp_path: Path) -> None:
 def test_prompts_reports_configuration_errors(cli: CliRunner, tmp_path: Path) -> None:
     ingest_sample(cli, tmp_path)
     args = ["prompts", "--task", "nir", "--interactions", str(tmp_path / "interactions.parquet")]
-    result = cli.invoke(app, [*args, "--items", str(tmp_path / "items.parquet")])
+    result = cli.invoke(
+        app, [*args, "--items", str(tmp_path / "items.parquet"), "--field", "category=nope"]
+    )
     assert result.exit_code == 2
     assert "template field {category} is not an items column" in result.output
     result = cli.invoke(app, [*args, "--items", str(tmp_path / "items.parquet"), "--field", "x"])

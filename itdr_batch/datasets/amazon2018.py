@@ -79,7 +79,8 @@ def _items(path: Path, domain: str | None) -> pl.DataFrame:
     for record in _records(path):
         rows["item_id"].append(None if record.get("asin") is None else str(record["asin"]))
         title = record.get("title")
-        rows["title"].append(html.unescape(title).strip() if isinstance(title, str) else None)
+        # HTML entities are decoded, and counted, with every source's (``write_canonical``).
+        rows["title"].append(title.strip() if isinstance(title, str) else None)
         rows["category"].append([str(c) for c in record.get("category") or []])
         attributes = {f: _text(record[f]) for f in ATTRIBUTE_FIELDS if record.get(f)}
         rows["attributes"].append(json.dumps(attributes, ensure_ascii=False, sort_keys=True))

@@ -5,6 +5,7 @@ validates them with the same rules as any input table (``tables.validate``), dro
 whose item is unknown, and only then writes the files, atomically.
 """
 
+import html
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,10 @@ class Summary:
 def write_canonical(data: Ingested, out: Path) -> Summary:
     """Validates every table first, then writes ``<out>/{items,interactions,users}.parquet``."""
     items_frame = validate(data.items.lazy(), ITEMS, f"{data.source}: items").collect()
+    items_frame, decoded = unescape_titles(items_frame)
+    notes = list(data.notes)
+    if decoded:
+        notes.append(f"{decoded:,} titles had HTML entities, decoded (&amp; as &)")
     items = Table(f"{data.source}: items", items_frame.lazy())
     outputs = {"items": items_frame}
     dropped = Counter(data.dropped)
@@ -76,8 +81,21 @@ def write_canonical(data: Ingested, out: Path) -> Summary:
         dropped=dict(dropped),
         users=0 if user_ids is None else user_ids["user_id"].n_unique(),
         items=items_frame.height,
-        notes=data.notes,
+        notes=notes,
     )
+
+
+def unescape_titles(items: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """Titles with HTML entities decoded (``&amp;`` as ``&``), as every source may hold them
+    (Amazon and RecBole exports do), and how many changed."""
+    title = pl.col("title")
+    decoded = (
+        pl.when(title.str.contains("&", literal=True))
+        .then(title.map_elements(html.unescape, return_dtype=pl.String).str.strip_chars())
+        .otherwise(title)
+    )
+    unescaped = items.with_columns(decoded)
+    return unescaped, int((unescaped["title"] != items["title"]).sum())
 
 
 def drop_unusable_items(items: pl.DataFrame, dropped: Counter[tuple[str, str]]) -> pl.DataFrame:

@@ -29,13 +29,23 @@ def read_recbole(inter: Path, item: Path) -> Ingested:
     items = drop_unusable_items(raw_items, dropped)
     raw = read_atomic(inter)
     _require(raw, inter, ("user_id", "item_id"))
-    interactions = _expand_sequences(raw, dropped) if SEQUENCE in raw.columns else _plain(raw)
+    notes = []
+    if SEQUENCE in raw.columns:
+        interactions = _expand_sequences(raw, dropped)
+        # The table's "read" counts sequence rows, its "kept" the interactions they expand into.
+        notes.append(
+            f"{inter.name} holds sequences: {raw.height:,} sequence rows read, expanded into "
+            f"{interactions.height:,} interactions (each user's longest sequence, then its target)"
+        )
+    else:
+        interactions = _plain(raw)
     return Ingested(
         source=f"RecBole ({inter.name} + {item.name})",
         items=items,
         interactions=interactions,
         read={"items": raw_items.height, "interactions": raw.height},
         dropped=dropped,
+        notes=notes,
     )
 
 

@@ -7,9 +7,11 @@ seed, its id and the configuration (README, "Stable hash"), so any sharding or b
 same rows. Popularity weights are counted over the whole interactions table, never over a shard.
 """
 
+import functools
 import json
+import logging
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -30,7 +32,12 @@ ENTRY_FIELDS: dict[str, EntryField] = {
     "rating": {"field": "rating"},
     "text": {"field": "text"},
 }
+# Descriptive item fields an entry shows without when the items lack them (titles-only
+# catalogues): `{title}:{category}` becomes `{title}` (README, "Prompts and candidates").
+OPTIONAL_FIELDS = ("category", "genres")
 INPUT_ORDER = "__input_order"
+
+log = logging.getLogger(__name__)
 
 
 # A piece of a compiled text besides literal strings: a list number or an entry field.
@@ -193,7 +200,10 @@ def prepare(
     frame, slots, history, also_seen = _row_data(task, rows, ordered, indexed, config)
 
     fields: list[str] = []
-    parts, lists = _compile(config, template, slots, fields)
+    fallbacks = missing_fields(items.columns, config)
+    for name in fallbacks:
+        _warn_fallback(task, name, tuple(items.columns))
+    parts, lists = _compile(config, template, slots, fields, fallbacks)
     hold_out = config.evaluation and rules.holds_out
     if hold_out and rules.result is ResultKind.RATING:
         # The target is the held-out entry, not the shard's target item.
@@ -227,6 +237,37 @@ def prepare(
         "sampling": sampling,
     }
     return Prepared(task, rules.key, frame, hold_out, job)
+
+
+def missing_fields(columns: Collection[str], config: PromptConfig) -> list[str]:
+    """The template's optional fields (``OPTIONAL_FIELDS``) that are no items column and not
+    mapped by ``item_fields``: its entries show without them. A mapped field stays required."""
+    template = config.template or TEMPLATES[Task(config.task)]
+    used = {
+        name
+        for list_spec in template.lists.values()
+        for _, name, _, _ in string.Formatter().parse(list_spec.entry)
+        if name is not None
+    }
+    return [
+        name
+        for name in OPTIONAL_FIELDS
+        if name in used and name not in columns and name not in config.item_fields
+    ]
+
+
+@functools.cache
+def _warn_fallback(task: Task, name: str, columns: tuple[str, ...]) -> None:
+    """Once per task, field and items columns: the prompts differ from ITDR's."""
+    other = [c for c in OPTIONAL_FIELDS if c in columns]
+    hint = f"; map a column with item_fields={{'{name}': '{other[0]}'}}" if other else ""
+    log.warning(
+        "task %s: items have no %r column; its entries show without {%s}%s",
+        task,
+        name,
+        name,
+        hint,
+    )
 
 
 def _row_data(
@@ -409,9 +450,14 @@ def _sampling(
 
 
 def _compile(
-    config: PromptConfig, template: TaskTemplate, slots: Mapping[str, Slot], fields: list[str]
+    config: PromptConfig,
+    template: TaskTemplate,
+    slots: Mapping[str, Slot],
+    fields: list[str],
+    dropped: Collection[str] = (),
 ) -> tuple[list[str | int], list[ListFormat]]:
-    """The template as `_core` takes it: literal text and list numbers; fills `fields`."""
+    """The template as `_core` takes it: literal text and list numbers; fills `fields`.
+    Entries show without the `dropped` fields (``missing_fields``)."""
     before, after = chat_format(config.chat).split()
     words = config.words()
     names = list(template.lists)
@@ -443,18 +489,30 @@ def _compile(
             source = data.index(shown)
         else:
             raise PromptError(f"task {config.task}: list {name!r} shows unknown data {shown!r}")
-        entry = _pieces(list_spec.entry, entry_field)
+        entry = _pieces(list_spec.entry, entry_field, dropped)
         lists.append({"entry": entry, "separator": list_spec.separator, "source": source})
     return _merged(parts), lists
 
 
-def _pieces(text: str, resolve: Callable[[str], str | P]) -> list[str | P]:
-    """`text` split at its `{name}` placeholders, each replaced by `resolve(name)`."""
+def _pieces(
+    text: str, resolve: Callable[[str], str | P], dropped: Collection[str] = ()
+) -> list[str | P]:
+    """`text` split at its `{name}` placeholders, each replaced by `resolve(name)`. A `dropped`
+    field goes with the text joining it to the field before (`{title}:{category}` -> `{title}`),
+    or, when no field comes before, to the field after (`{category}: {title}` -> `{title}`)."""
     pieces: list[str | P] = []
+    # No field yet: the text before a dropped field stays, the text after it goes.
+    field_seen = joiner_gone = False
     for before, name, _, _ in string.Formatter().parse(text):
-        pieces.append(before)
+        if name is not None and name in dropped:
+            if not field_seen and not joiner_gone:
+                pieces.append(before)
+                joiner_gone = True
+            continue
+        pieces.append("" if joiner_gone and not field_seen else before)
         if name is not None:
             pieces.append(resolve(name))
+            field_seen = True
     return _merged(pieces)
 
 

@@ -32,6 +32,8 @@ from itdr_batch.tasks import Mode, Task, spec
 
 # Where overrides come from, in error messages.
 COMMAND_LINE = "command line"
+# A job that would open the model and has none: only a dry run builds prompts without one.
+MODEL_REQUIRED = "model.path: required key missing (only a --dry-run runs without a model)"
 # Keys holding paths: relative ones in a TOML file are relative to that file's folder.
 PATH_KEYS = (("data", "interactions"), ("data", "items"), ("model", "path"), ("output", "dir"))
 
@@ -85,7 +87,8 @@ class PromptsConfig(Section):
 
 
 class ModelConfig(Section):
-    path: Path
+    # Required to score (``JobConfig.model_path``); a dry run reads only the chat format.
+    path: Path | None = None
     # A named chat format (qwen, glm4, llama3, raw) or a template holding {content}.
     chat: str = "qwen"
     # Replaces the format's default system prompt ({system}).
@@ -129,7 +132,7 @@ class JobConfig(Section):
     """A whole job: ``itdr-batch score --config job.toml`` (see README, "The score job")."""
 
     data: DataConfig
-    model: ModelConfig
+    model: ModelConfig = ModelConfig()
     prompts: PromptsConfig = PromptsConfig()
     adapters: Adapters = ()
     engine: EngineOptions = EngineOptions()
@@ -163,10 +166,16 @@ class JobConfig(Section):
         """The shard's id column (the tasks of a job share it: see ``PromptsConfig``)."""
         return spec(self.prompts.tasks[0]).key
 
+    def model_path(self) -> Path:
+        """The model folder, which every run but a dry run opens."""
+        if self.model.path is None:
+            raise ConfigError(MODEL_REQUIRED)
+        return self.model.path
+
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
             **self.engine.model_dump(),
-            model=self.model.path,
+            model=self.model_path(),
             adapters=self.adapters,
             dtype=self.model.dtype,
             seed=self.seed,

@@ -179,6 +179,7 @@ def _finish(folder: RunFolder, plan: Plan, state: RunState, engine: Engine | Non
         engine=engine.name if engine is not None else None,
         versions=_versions(),
         files=files,
+        prompt_fallbacks=plan.prompt_fallbacks,
         counts=Counts(
             rows=plan.n_rows,
             tasks={str(task): _task_counts(plan, records[task]) for task in plan.tasks},

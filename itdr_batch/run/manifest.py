@@ -104,6 +104,9 @@ class Manifest(Record):
     versions: dict[str, str]
     # task -> file name, and "rejects".
     files: dict[str, str]
+    # task -> template fields its prompts show without: the items lack them (README, "Prompts
+    # and candidates").
+    prompt_fallbacks: dict[str, list[str]] = {}
     counts: Counts
     timings: Timings
     throughput: Throughput

@@ -17,7 +17,7 @@ import polars as pl
 from itdr_batch.engines import Adapter, load_model, load_tokenizer
 from itdr_batch.engines.adapters import model_identity
 from itdr_batch.hashing import files_digest
-from itdr_batch.prompts.build import build_prompts, popularity_counts
+from itdr_batch.prompts.build import build_prompts, missing_fields, popularity_counts
 from itdr_batch.prompts.chat import check_tokenizer
 from itdr_batch.run.config import JobConfig
 from itdr_batch.run.manifest import AdapterEntry, FileIdentity, ModelEntry
@@ -54,6 +54,8 @@ class Plan:
     # The model's tokenizer (None in a dry run, which tokenizes nothing).
     tokenizer: Any
     run_id: str
+    # task -> template fields its entries show without (the items lack them, ``missing_fields``).
+    prompt_fallbacks: dict[str, list[str]]
 
     @property
     def tasks(self) -> tuple[Task, ...]:
@@ -94,6 +96,7 @@ class Plan:
 
 def make_plan(config: JobConfig, users: Path, dry_run: bool) -> Plan:
     """Validates every input without writing anything."""
+    model_path = None if dry_run else config.model_path()
     items = load_items(config.data.items)
     interactions = load_interactions(config.data.interactions, items)
     key = config.key()
@@ -109,10 +112,14 @@ def make_plan(config: JobConfig, users: Path, dry_run: bool) -> Plan:
     if config.prompts.strategy == "popularity" and ranking:
         counts = popularity_counts(interactions.frame)
     empty = shard.frame.head(0).collect()
+    fallbacks: dict[str, list[str]] = {}
     for task in config.prompts.tasks:
         config.scoring_config(task)
+        prompt_config = config.prompt_config(task)
         # Missing columns, unknown template fields or domains fail here, before any output.
-        build_prompts(empty, interactions.frame.head(0), items_frame, config.prompt_config(task))
+        build_prompts(empty, interactions.frame.head(0), items_frame, prompt_config)
+        if missing := missing_fields(items_frame.columns, prompt_config):
+            fallbacks[str(task)] = missing
     inputs = {
         "users": _file_identity(users),
         "interactions": _file_identity(config.data.interactions),
@@ -120,12 +127,12 @@ def make_plan(config: JobConfig, users: Path, dry_run: bool) -> Plan:
     }
     adapters: list[Adapter] = []
     model = tokenizer = None
-    if not dry_run:
+    if model_path is not None:
         engine_config = config.engine_config()
         adapters = load_model(engine_config)
         tokenizer = load_tokenizer(engine_config)
-        check_tokenizer(config.model.chat_format(), tokenizer, str(config.model.path))
-        model = ModelEntry(**vars(model_identity(config.model.path)))
+        check_tokenizer(config.model.chat_format(), tokenizer, str(model_path))
+        model = ModelEntry(**vars(model_identity(model_path)))
     identity = {
         "config": config.digest(),
         "inputs": {name: i.sha256 for name, i in inputs.items()},
@@ -149,6 +156,7 @@ def make_plan(config: JobConfig, users: Path, dry_run: bool) -> Plan:
         model=model,
         tokenizer=tokenizer,
         run_id=run_id,
+        prompt_fallbacks=fallbacks,
     )
 
 

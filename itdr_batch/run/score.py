@@ -85,7 +85,7 @@ def score_unit(plan: Plan, scorers: dict[str, Scorer], built: Built) -> ScoredUn
                 [ok.drop("status", "reason"), scored_frame(task, outcome)], how="horizontal"
             ).with_columns(reason=_score_reject(task))
             kept = frame.filter(pl.col("reason").is_null())
-            model = plan.config.model.path.name
+            model = plan.config.model_path().name
             results.append(results_frame(task, plan.ids, kept, adapter, model, plan.run_id))
             failed = frame.filter(pl.col("reason").is_not_null()).select(key, "reason", "detail")
             unit_rejects = pl.concat([refused, failed])

@@ -80,16 +80,21 @@ def _disk_full(exc: BaseException) -> int | None:
 
 def concat_parquet_atomic(parts: list[Path], path: Path, empty: pl.DataFrame) -> None:
     """The parts (same schema) as one file, one row group per part, read one part at a time, so
-    memory follows the largest part, not the total; ``empty`` (the schema) when there are none."""
-    if not parts:
-        write_parquet_atomic(empty, path)
-        return
+    memory follows the largest part, not the total; ``empty`` (the schema) when there are none.
+
+    Empty parts are skipped: each would add an empty row group (a run without rejects had
+    hundreds), and the schema is the writer's, not the row groups'."""
     import pyarrow.parquet as pq
 
+    filled = [part for part in parts if pq.read_metadata(part).num_rows]
+    if not filled:
+        write_parquet_atomic(empty, path)
+        return
+
     def write(tmp: Path) -> None:
-        schema = pq.read_schema(parts[0])
+        schema = pq.read_schema(filled[0])
         with pq.ParquetWriter(tmp, schema) as writer:
-            for part in parts:
+            for part in filled:
                 writer.write_table(pq.read_table(part, schema=schema))
 
     write_atomic(path, write)
