@@ -32,6 +32,8 @@ from itdr_batch.errors import ItdrError
 from itdr_batch.prompts.build import PromptConfig, build_prompts
 from itdr_batch.prompts.templates import DOMAINS
 from itdr_batch.run import EngineCrashed, JobResult, load_config, parse_override, run_job
+from itdr_batch.run.logs import LOG_FILE, library_logs_to
+from itdr_batch.run.plan import resolve_domain
 from itdr_batch.run.progress import LogReporter, Reporter, RichReporter
 from itdr_batch.tables.load import load_interactions, load_items, load_users
 from itdr_batch.tasks import Mode, Task, spec
@@ -99,8 +101,13 @@ app.add_typer(bench_app, name="bench")
 
 
 @app.callback()
-def setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
-    """Logs go to stderr, so that stdout carries only what a command prints."""
+def setup(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Libraries' logs on the terminal too.")
+    ] = False,
+) -> None:
+    """Logs go to stderr, so that stdout carries only what a command prints; a command with a
+    run folder sends the libraries' logs to a file there (``-v``: to the terminal as well)."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
@@ -110,6 +117,10 @@ def setup(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
 
 
 Out = Annotated[Path, typer.Option("--out", help="Folder for the canonical Parquet files.")]
+IngestDomain = Annotated[
+    str | None,
+    typer.Option(help=f"Every item's domain: prompts' words ({', '.join(DOMAINS)}), or CDR's."),
+]
 
 
 @ingest.command("movielens")
@@ -119,9 +130,10 @@ def ingest_movielens(
         Path | None,
         typer.Argument(help="ml-latest-small, ml-100k or ml-1m folder (default: bundled sample)."),
     ] = None,
+    domain: IngestDomain = None,
 ) -> None:
     """MovieLens latest-small (CSV), 100k or 1m, detected from the folder's files."""
-    _ingest(lambda: read_movielens(src or SAMPLE), out)
+    _ingest(lambda: read_movielens(src or SAMPLE, domain), out)
 
 
 @ingest.command("amazon2018")
@@ -129,7 +141,7 @@ def ingest_amazon2018(
     reviews: Annotated[Path, typer.Option(help="Reviews JSON lines (.json or .json.gz).")],
     meta: Annotated[Path, typer.Option(help="Metadata JSON lines (.json or .json.gz).")],
     out: Out,
-    domain: Annotated[str | None, typer.Option(help="Domain name given to every item.")] = None,
+    domain: IngestDomain = None,
 ) -> None:
     """Amazon Review Data (2018): one category's reviews and metadata files."""
     _ingest(lambda: read_amazon2018(reviews, meta, domain), out)
@@ -140,9 +152,10 @@ def ingest_recbole(
     inter: Annotated[Path, typer.Option(help="Atomic .inter file (interactions or sequences).")],
     item: Annotated[Path, typer.Option(help="Atomic .item file.")],
     out: Out,
+    domain: IngestDomain = None,
 ) -> None:
     """RecBole atomic files."""
-    _ingest(lambda: read_recbole(inter, item), out)
+    _ingest(lambda: read_recbole(inter, item, domain), out)
 
 
 @app.command()
@@ -154,7 +167,10 @@ def prompts(
         Path | None, typer.Option(help="Users shard (TUI: item ids); default: the first users.")
     ] = None,
     n: Annotated[int, typer.Option("-n", help="How many prompts to print.")] = 3,
-    domain: Annotated[str, typer.Option(help=f"Domain words: {', '.join(DOMAINS)}.")] = "movie",
+    domain: Annotated[
+        str | None,
+        typer.Option(help=f"Domain words: {', '.join(DOMAINS)} (default: the items' domain)."),
+    ] = None,
     chat: Annotated[str, typer.Option(help="Chat format: qwen, glm4, llama3 or raw.")] = "raw",
     history_len: Annotated[int, typer.Option(help="History entries shown.")] = 10,
     candidates: Annotated[int, typer.Option(help="Candidates per user (ranking tasks).")] = 10,
@@ -175,9 +191,10 @@ def prompts(
         rows = source.frame.select(key).unique(maintain_order=True).head(n).collect()
     else:
         rows = load_users(users, item_table, interaction_table).frame.head(n).collect()
+    items_frame = item_table.frame.collect()
     config = PromptConfig(
         task=task,
-        domain=domain,
+        domain=resolve_domain(items_frame, domain),
         chat=chat,
         history_len=history_len,
         candidates=candidates,
@@ -186,7 +203,7 @@ def prompts(
         seed=seed,
         item_fields=_field_mapping(field or []),
     )
-    built = build_prompts(rows, interaction_table.frame, item_table.frame.collect(), config)
+    built = build_prompts(rows, interaction_table.frame, items_frame, config)
     shown = built.drop("candidate_titles", strict=False)
     for row in shown.iter_rows(named=True):
         details = ", ".join(f"{k}={v}" for k, v in row.items() if k not in (key, "prompt"))
@@ -220,6 +237,7 @@ def shard(
 
 @app.command()
 def score(
+    ctx: typer.Context,
     users: Annotated[Path, typer.Option(help="Users shard (Parquet; TUI: a shard of item_id).")],
     config: Annotated[Path | None, typer.Option(help="Job configuration (TOML).")] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder \\[output.dir].")] = None,
@@ -263,8 +281,10 @@ def score(
     overrides = {k: v for k, v in flags.items() if v is not None}
     overrides |= dict(parse_override(pair) for pair in set_ or [])
     job_config = load_config(config, overrides)
+    logs = _library_logs(ctx, Path(out or job_config.output.dir))
     result = run_job(job_config, users, out, dry_run=dry_run, reporter=_reporter())
     print_run(result)
+    _print_logs(logs)
 
 
 @app.command("evaluate")
@@ -292,6 +312,7 @@ def evaluate_run(
 
 @app.command()
 def demo(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option(help="Folder for everything the demo makes.")] = Path(
         "out/demo"
     ),
@@ -305,6 +326,7 @@ def demo(
     from itdr_batch.dev.demo import run_demo
     from itdr_batch.evaluate import render
 
+    logs = _library_logs(ctx, out / "run")
     shown = run_demo(out, engine.value, tokenizer, _reporter())
     console.print(f"tokenizer: {escape(shown.tokenizer)}", highlight=False)
     print_run(shown.run)
@@ -328,6 +350,7 @@ Score again, or your own shard, with the same configuration:
         highlight=False,
         soft_wrap=True,
     )
+    _print_logs(logs)
 
 
 def print_run(result: JobResult) -> None:
@@ -356,6 +379,16 @@ def print_run(result: JobResult) -> None:
     console.print(
         f"written to {escape(str(result.out))}/: {files}, _manifest.json", highlight=False
     )
+
+
+def _library_logs(ctx: typer.Context, folder: Path) -> Path:
+    """The libraries' logs go to the run folder unless ``-v`` asked for them on the terminal."""
+    return library_logs_to(folder / LOG_FILE, verbose=ctx.find_root().params["verbose"])
+
+
+def _print_logs(path: Path) -> None:
+    if path.is_file():
+        console.print(f"library logs: {escape(str(path))}", highlight=False)
 
 
 def _reporter() -> Reporter:

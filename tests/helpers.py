@@ -37,6 +37,7 @@ def job_toml(
         "model": {"path": str(tiny.model), "chat": "qwen", "dtype": "float32"},
         "prompts": {
             "tasks": ["tkr", "rp"],
+            "domain": "movie",
             "evaluation": True,
             "history_len": 5,
             "candidates": 5,

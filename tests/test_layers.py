@@ -2,8 +2,9 @@
 under ``TYPE_CHECKING`` count too), and every module belongs to a stage.
 
 Lowest first: base, tables, prompts, engines, scoring, run, evaluate, nightly; datasets sits
-beside prompts but may import only base and tables, and only the top (dev, bench, cli) may
-import datasets. dev, bench and cli may import anything; nothing below them imports dev.
+beside engines but may import only base, tables and prompts (the domain words), and only the top
+(dev, bench, cli) may import datasets. dev, bench and cli may import anything; nothing below
+them imports dev.
 """
 
 import ast
@@ -42,7 +43,7 @@ ORDER = ("base", "tables", "prompts", "engines", "scoring", "run", "evaluate", "
 TOP = ("dev", "bench", "cli")
 ALLOWED: dict[str, frozenset[str]] = {
     **{stage: frozenset(ORDER[: i + 1]) for i, stage in enumerate(ORDER)},
-    "datasets": frozenset({"base", "tables", "datasets"}),
+    "datasets": frozenset({"base", "tables", "prompts", "datasets"}),
     **{stage: frozenset(STAGES) for stage in TOP},
 }
 

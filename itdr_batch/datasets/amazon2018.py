@@ -16,7 +16,12 @@ from typing import Any
 
 import polars as pl
 
-from itdr_batch.datasets.canonical import Ingested, IngestError, drop_unusable_items
+from itdr_batch.datasets.canonical import (
+    Ingested,
+    IngestError,
+    drop_unusable_items,
+    tag_domain,
+)
 
 # Meta fields kept, as a JSON object, in the items' `attributes` column (when present).
 ATTRIBUTE_FIELDS = ("brand", "main_cat", "price", "description")
@@ -26,19 +31,20 @@ REQUIRED_REVIEW_FIELDS = ("reviewerID", "asin", "unixReviewTime")
 def read_amazon2018(reviews: Path, meta: Path, domain: str | None = None) -> Ingested:
     """Reads a category's reviews and metadata; ``domain`` tags every item (for cross-domain)."""
     dropped: Counter[tuple[str, str]] = Counter()
-    items = _items(meta, domain)
+    items = _items(meta)
     read_items = items.height
     if no_asin := items["item_id"].null_count():
         dropped["items", "no asin"] += no_asin
     items = drop_unusable_items(items.drop_nulls("item_id"), dropped)
     interactions, read_reviews = _interactions(reviews, dropped)
-    return Ingested(
+    data = Ingested(
         source=f"Amazon 2018 ({reviews.name} + {meta.name})",
         items=items,
         interactions=interactions,
         read={"items": read_items, "interactions": read_reviews},
         dropped=dropped,
     )
+    return tag_domain(data, domain)
 
 
 def _interactions(path: Path, dropped: Counter[tuple[str, str]]) -> tuple[pl.DataFrame, int]:
@@ -74,7 +80,7 @@ def _interactions(path: Path, dropped: Counter[tuple[str, str]]) -> tuple[pl.Dat
     return pl.DataFrame(rows, schema=schema), read
 
 
-def _items(path: Path, domain: str | None) -> pl.DataFrame:
+def _items(path: Path) -> pl.DataFrame:
     rows: dict[str, list[Any]] = {"item_id": [], "title": [], "category": [], "attributes": []}
     for record in _records(path):
         rows["item_id"].append(None if record.get("asin") is None else str(record["asin"]))
@@ -84,7 +90,7 @@ def _items(path: Path, domain: str | None) -> pl.DataFrame:
         rows["category"].append([str(c) for c in record.get("category") or []])
         attributes = {f: _text(record[f]) for f in ATTRIBUTE_FIELDS if record.get(f)}
         rows["attributes"].append(json.dumps(attributes, ensure_ascii=False, sort_keys=True))
-    items = pl.DataFrame(
+    return pl.DataFrame(
         rows,
         schema={
             "item_id": pl.String,
@@ -93,9 +99,6 @@ def _items(path: Path, domain: str | None) -> pl.DataFrame:
             "attributes": pl.String,
         },
     )
-    if domain is not None:
-        items = items.with_columns(domain=pl.lit(domain))
-    return items
 
 
 def _records(path: Path) -> Iterator[dict[str, Any]]:

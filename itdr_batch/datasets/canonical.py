@@ -13,6 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from itdr_batch.errors import ItdrError
+from itdr_batch.prompts.templates import DOMAINS
 from itdr_batch.tables.load import Table, drop_unknown_items, validate
 from itdr_batch.tables.schemas import INTERACTIONS, ITEMS, USERS
 from itdr_batch.tables.sink import write_parquet_atomic
@@ -33,6 +34,20 @@ class Ingested:
     read: dict[str, int] = field(default_factory=dict)
     dropped: Counter[tuple[str, str]] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
+
+
+def tag_domain(data: Ingested, domain: str | None) -> Ingested:
+    """Gives every item the ``domain`` value (cross-domain data, and the prompts' domain words);
+    free text, with a note when the prompts cannot use it as their words."""
+    if domain is None:
+        return data
+    data.items = data.items.with_columns(domain=pl.lit(domain, pl.String))
+    if domain not in DOMAINS:
+        data.notes.append(
+            f"domain {domain!r} is not a domain word ({', '.join(DOMAINS)}): prompts use it only "
+            "if it is an obvious spelling of one, else set prompts.domain"
+        )
+    return data
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from itdr_batch.datasets.canonical import Ingested, IngestError
+from itdr_batch.datasets.canonical import Ingested, IngestError, tag_domain
 
 if TYPE_CHECKING:
     from polars._typing import SchemaDict
@@ -73,8 +73,8 @@ def detect(src: Path) -> str:
     raise IngestError(f"{src}: not a MovieLens folder; expected one of {expected}")
 
 
-def read_movielens(src: Path) -> Ingested:
-    """Reads any supported MovieLens release from its folder."""
+def read_movielens(src: Path, domain: str | None = None) -> Ingested:
+    """Reads any supported MovieLens release from its folder; ``domain`` tags every item."""
     flavour = detect(src)
     reader = {
         "ml-latest-small": _latest_small,
@@ -95,7 +95,7 @@ def read_movielens(src: Path) -> Ingested:
     ratings_file = src / FLAVOURS[flavour][0]
     if data.interactions is None:
         data.notes.append(f"{ratings_file.name} not found: no interactions.parquet written")
-    return data
+    return tag_domain(data, domain)
 
 
 def _latest_small(src: Path) -> Ingested:

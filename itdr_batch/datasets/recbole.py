@@ -11,7 +11,12 @@ from pathlib import Path
 
 import polars as pl
 
-from itdr_batch.datasets.canonical import Ingested, IngestError, drop_unusable_items
+from itdr_batch.datasets.canonical import (
+    Ingested,
+    IngestError,
+    drop_unusable_items,
+    tag_domain,
+)
 
 FIELD_TYPES: dict[str, pl.DataType] = {
     "token": pl.String(),
@@ -22,8 +27,8 @@ FIELD_TYPES: dict[str, pl.DataType] = {
 SEQUENCE = "item_id_list"
 
 
-def read_recbole(inter: Path, item: Path) -> Ingested:
-    """Reads an interaction (or sequence) file and an item file."""
+def read_recbole(inter: Path, item: Path, domain: str | None = None) -> Ingested:
+    """Reads an interaction (or sequence) file and an item file; ``domain`` tags every item."""
     dropped: Counter[tuple[str, str]] = Counter()
     raw_items = _items(read_atomic(item), item)
     items = drop_unusable_items(raw_items, dropped)
@@ -39,7 +44,7 @@ def read_recbole(inter: Path, item: Path) -> Ingested:
         )
     else:
         interactions = _plain(raw)
-    return Ingested(
+    data = Ingested(
         source=f"RecBole ({inter.name} + {item.name})",
         items=items,
         interactions=interactions,
@@ -47,6 +52,7 @@ def read_recbole(inter: Path, item: Path) -> Ingested:
         dropped=dropped,
         notes=notes,
     )
+    return tag_domain(data, domain)
 
 
 def read_atomic(path: Path) -> pl.DataFrame:

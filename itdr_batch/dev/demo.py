@@ -41,6 +41,7 @@ path = "tiny/a1"
 
 [prompts]
 tasks = ["tkr", "rp"]
+domain = "movie"
 evaluation = true
 history_len = 10
 candidates = 10

@@ -34,6 +34,8 @@ from itdr_batch.tasks import Mode, Task, spec
 COMMAND_LINE = "command line"
 # A job that would open the model and has none: only a dry run builds prompts without one.
 MODEL_REQUIRED = "model.path: required key missing (only a --dry-run runs without a model)"
+# The domain words of items that name no domain (PromptConfig's default): MovieLens is movies.
+DEFAULT_DOMAIN = "movie"
 # Keys holding paths: relative ones in a TOML file are relative to that file's folder.
 PATH_KEYS = (("data", "interactions"), ("data", "items"), ("model", "path"), ("output", "dir"))
 
@@ -53,7 +55,8 @@ class DataConfig(Section):
 
 class PromptsConfig(Section):
     tasks: tuple[Task, ...] = Field(default=(Task.TKR,), min_length=1)
-    domain: str = "movie"
+    # Unset: the items' `domain` value, else the default (``itdr_batch.run.plan.resolve_domain``).
+    domain: str | None = None
     history_len: int = Field(default=10, ge=1)
     candidates: int = Field(default=10, ge=1)
     strategy: Literal["uniform", "popularity"] = "uniform"
@@ -80,8 +83,8 @@ class PromptsConfig(Section):
 
     @field_validator("domain")
     @classmethod
-    def _known_domain(cls, domain: str) -> str:
-        if domain not in DOMAINS:
+    def _known_domain(cls, domain: str | None) -> str | None:
+        if domain is not None and domain not in DOMAINS:
             raise ValueError(f"unknown domain {domain!r}; known: {', '.join(DOMAINS)}")
         return domain
 
@@ -187,7 +190,8 @@ class JobConfig(Section):
         p = self.prompts
         return PromptConfig(
             task=task,
-            domain=p.domain,
+            # A plan resolves an unset domain first (``make_plan``); without one, the default.
+            domain=p.domain or DEFAULT_DOMAIN,
             chat=self.model.chat_format(),
             history_len=p.history_len,
             candidates=p.candidates,

@@ -87,11 +87,11 @@ def run_job(
     plan = make_plan(config, Path(users), dry_run)
     # One writer per folder, from the checks of what the folder holds to the manifest.
     with folder.lock():
-        done = folder.completed(plan.run_id, config.dump())
+        done = folder.completed(plan.run_id, plan.config.dump())
         if done is not None:
             log.info("%s: run %s is already complete; nothing to do", folder.out, plan.run_id)
             return JobResult(folder.out, done, skipped=True)
-        folder.check_unfinished(plan.run_id, config.dump())
+        folder.check_unfinished(plan.run_id, plan.config.dump())
         return JobResult(folder.out, _run(folder, plan, engine, reporter))
 
 
@@ -180,6 +180,7 @@ def _finish(folder: RunFolder, plan: Plan, state: RunState, engine: Engine | Non
         versions=_versions(),
         files=files,
         prompt_fallbacks=plan.prompt_fallbacks,
+        domain=plan.config.prompts.domain,
         counts=Counts(
             rows=plan.n_rows,
             tasks={str(task): _task_counts(plan, records[task]) for task in plan.tasks},

@@ -107,6 +107,8 @@ class Manifest(Record):
     # task -> template fields its prompts show without: the items lack them (README, "Prompts
     # and candidates").
     prompt_fallbacks: dict[str, list[str]] = {}
+    # The prompts' domain words: prompts.domain, else resolved from the items (``make_plan``).
+    domain: str | None = None
     counts: Counts
     timings: Timings
     throughput: Throughput

@@ -8,6 +8,7 @@ reads it.
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,22 @@ from itdr_batch.engines.adapters import model_identity
 from itdr_batch.hashing import files_digest
 from itdr_batch.prompts.build import build_prompts, missing_fields, popularity_counts
 from itdr_batch.prompts.chat import check_tokenizer
-from itdr_batch.run.config import JobConfig
+from itdr_batch.prompts.templates import DOMAINS
+from itdr_batch.run.config import DEFAULT_DOMAIN, JobConfig
 from itdr_batch.run.manifest import AdapterEntry, FileIdentity, ModelEntry
 from itdr_batch.tables.load import load_interactions, load_item_shard, load_items, load_users
 from itdr_batch.tasks import Task, spec
+
+log = logging.getLogger(__name__)
+
+# Amazon 2018 categories whose items are all one kind of domain word (after ``_spelling``).
+DOMAIN_ALIASES = {
+    "movies_and_tv": "movie",
+    "video_games": "game",
+    "digital_music": "music",
+    "cds_and_vinyl": "music",
+    "kindle_store": "book",
+}
 
 
 @dataclass(frozen=True)
@@ -99,13 +112,19 @@ def make_plan(config: JobConfig, users: Path, dry_run: bool) -> Plan:
     model_path = None if dry_run else config.model_path()
     items = load_items(config.data.items)
     interactions = load_interactions(config.data.interactions, items)
+    items_frame = items.frame.collect()
+    # The resolved domain is part of the configuration from here on (prompts, run id, manifest):
+    # a job that omits it gets the run id it had when "movie" was the default, on movie data.
+    domain = resolve_domain(items_frame, config.prompts.domain)
+    config = config.model_copy(
+        update={"prompts": config.prompts.model_copy(update={"domain": domain})}
+    )
     key = config.key()
     if key == "user_id":
         shard = load_users(users, items, interactions)
     else:
         shard = load_item_shard(users, items)
     n_rows = shard.frame.select(pl.len()).collect().item()
-    items_frame = items.frame.collect()
     ids = Ids(key, shard.frame.collect_schema()[key], items_frame.schema["item_id"])
     counts = None
     ranking = any(spec(task).ranking for task in config.prompts.tasks)
@@ -158,6 +177,41 @@ def make_plan(config: JobConfig, users: Path, dry_run: bool) -> Plan:
         run_id=run_id,
         prompt_fallbacks=fallbacks,
     )
+
+
+def resolve_domain(items: pl.DataFrame, configured: str | None) -> str:
+    """The domain words to use: the configured ones, else the items' single ``domain`` value when
+    it names a known domain (``_spelling``), else the default, with a WARNING saying why."""
+    if configured is not None:
+        return configured
+    if "domain" not in items.columns:
+        why = "the items have no domain column"
+    else:
+        values = items["domain"].drop_nulls().unique().sort().to_list()
+        if len(values) == 1 and (known := _spelling(str(values[0]))):
+            return known
+        if not values:
+            why = "the items' domain column is empty"
+        elif len(values) > 1:
+            why = f"the items hold {len(values)} domains ({', '.join(map(str, values[:5]))})"
+        else:
+            why = f"the items' domain {values[0]!r} is not one of {', '.join(DOMAINS)}"
+    log.warning(
+        "%s: prompts use the default domain words (%s); set prompts.domain to choose",
+        why,
+        DEFAULT_DOMAIN,
+    )
+    return DEFAULT_DOMAIN
+
+
+def _spelling(value: str) -> str | None:
+    """A known domain from an obvious spelling: any case, spaces or hyphens for underscores, a
+    plural, or an Amazon category in ``DOMAIN_ALIASES``; None for anything less certain."""
+    name = value.strip().lower().replace(" ", "_").replace("-", "_")
+    for candidate in (name, name.removesuffix("s")):
+        if candidate in DOMAINS:
+            return candidate
+    return DOMAIN_ALIASES.get(name)
 
 
 def _file_identity(path: Path) -> FileIdentity:
