@@ -19,6 +19,8 @@ Every (task, adapter, shard row) ends in the results or in the rejects, exactly 
 
 import logging
 import platform
+from collections import Counter
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -185,7 +187,9 @@ def _finish(folder: RunFolder, plan: Plan, state: RunState, engine: Engine | Non
             rows=plan.n_rows,
             tasks={str(task): _task_counts(plan, records[task]) for task in plan.tasks},
             left_out={
-                str(task): left_out for task in plan.tasks if (left_out := _left_out(records[task]))
+                str(task): left_out
+                for task in plan.tasks
+                if (left_out := _summed(r.left_out for r in records[task]))
             },
         ),
         timings=Timings(
@@ -213,10 +217,7 @@ def _task_counts(plan: Plan, records: list[UnitRecord]) -> dict[str, AdapterCoun
     for name in plan.adapter_names:
         label = name or "base"
         scored = sum(r.scored[label] for r in records)
-        rejected: dict[str, int] = {}
-        for r in records:
-            for reason, n in r.rejected[label].items():
-                rejected[reason] = rejected.get(reason, 0) + n
+        rejected = _summed(r.rejected[label] for r in records)
         if scored + sum(rejected.values()) != plan.n_rows:
             raise AccountingError(
                 f"accounting: {scored} scored + {sum(rejected.values())} rejected "
@@ -228,12 +229,12 @@ def _task_counts(plan: Plan, records: list[UnitRecord]) -> dict[str, AdapterCoun
     return counts
 
 
-def _left_out(records: list[UnitRecord]) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for record in records:
-        for kind, n in record.left_out.items():
-            total[kind] = total.get(kind, 0) + n
-    return total
+def _summed(counts: Iterable[dict[str, int]]) -> dict[str, int]:
+    """Per key, the sum over the units' counts."""
+    total: Counter[str] = Counter()
+    for count in counts:
+        total.update(count)
+    return dict(total)
 
 
 def _versions() -> dict[str, str]:

@@ -238,17 +238,8 @@ def drop_unknown_items(
     _check_same_ids(interactions, "item_id", items, source)
     item_ids = items.frame.select("item_id")
     unknown = interactions.with_row_index(ROW).join(item_ids, on="item_id", how="anti")
-    count = unknown.select(pl.len()).collect(engine="streaming").item()
-    if count:
-        examples = unknown.select(ROW, "user_id", "item_id").head(MAX_EXAMPLES).collect()
-        log.warning(
-            "%s: %d rows point at item_ids not in %s and were dropped (first %d: %s)",
-            source,
-            count,
-            items.source,
-            len(examples),
-            _format_rows(examples),
-        )
+    why = f"point at item_ids not in {items.source}"
+    count = _count_dropped(unknown, ["user_id", "item_id"], source, why)
     known = interactions.join(item_ids, on="item_id", how="semi", maintain_order="left")
     return known, count
 
@@ -260,17 +251,25 @@ def drop_non_finite_ratings(interactions: pl.LazyFrame, source: str) -> tuple[pl
         return interactions, 0
     non_finite = pl.col("rating").is_not_null() & ~pl.col("rating").is_finite()
     bad = interactions.with_row_index(ROW).filter(non_finite)
-    count = bad.select(pl.len()).collect(engine="streaming").item()
+    why = "have a NaN or infinite rating"
+    count = _count_dropped(bad, ["user_id", "item_id", "rating"], source, why)
+    return interactions.filter(~non_finite), count
+
+
+def _count_dropped(bad: pl.LazyFrame, columns: list[str], source: str, why: str) -> int:
+    """How many rows ``bad`` (indexed by ``ROW``) holds; when any, logs them with examples."""
+    count: int = bad.select(pl.len()).collect(engine="streaming").item()
     if count:
-        examples = bad.select(ROW, "user_id", "item_id", "rating").head(MAX_EXAMPLES).collect()
+        examples = bad.select(ROW, *columns).head(MAX_EXAMPLES).collect()
         log.warning(
-            "%s: %d rows have a NaN or infinite rating and were dropped (first %d: %s)",
+            "%s: %d rows %s and were dropped (first %d: %s)",
             source,
             count,
+            why,
             len(examples),
             _format_rows(examples),
         )
-    return interactions.filter(~non_finite), count
+    return count
 
 
 def _check_same_ids(frame: pl.LazyFrame, column: str, items: Table, source: str) -> None:
