@@ -7,6 +7,7 @@ else is a bug and keeps its traceback.
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,6 +33,7 @@ from itdr_batch.errors import ItdrError
 from itdr_batch.prompts.build import PromptConfig, build_prompts
 from itdr_batch.prompts.templates import DOMAINS
 from itdr_batch.run import EngineCrashed, JobResult, load_config, parse_override, run_job
+from itdr_batch.run.export import export_requests
 from itdr_batch.run.logs import LOG_FILE, library_logs_to
 from itdr_batch.run.plan import resolve_domain
 from itdr_batch.run.progress import LogReporter, Reporter, RichReporter
@@ -48,6 +50,11 @@ class Engine(StrEnum):
 class Strategy(StrEnum):
     uniform = "uniform"
     popularity = "popularity"
+
+
+class PromptFormat(StrEnum):
+    parquet = "parquet"
+    jsonl = "jsonl"
 
 
 console = Console()
@@ -227,12 +234,46 @@ def shard(
     users: Annotated[Path, typer.Option(help="Users table (Parquet) to split.")],
     shards: Annotated[int, typer.Option(help="How many shards.")],
     out: Annotated[Path, typer.Option(help="Folder for shard-NNNNN-of-NNNNN.parquet.")],
+    interactions: Annotated[
+        Path | None,
+        typer.Option(help="Also split these, into interactions-NNNNN-of-NNNNN.parquet."),
+    ] = None,
+    items: Annotated[
+        Path | None, typer.Option(help="Items table (needed with --interactions).")
+    ] = None,
 ) -> None:
-    """Split users by the stable hash of their id: any shard count gives the same rows."""
-    from itdr_batch.tables.shard import split_users
+    """Split users (and their interactions) by the stable hash of the user id: any shard count
+    gives the same rows. With interactions, writes the whole log's item_counts.parquet too."""
+    from itdr_batch.tables.shard import split, split_users
 
-    paths = split_users(users, shards, out)
-    console.print(f"{len(paths)} shards written to {escape(str(out))}/", highlight=False)
+    if interactions is None or items is None:
+        if interactions is not None or items is not None:
+            raise ItdrError("--interactions and --items go together: give both or neither")
+        paths = split_users(users, shards, out)
+        console.print(f"{len(paths)} shards written to {escape(str(out))}/", highlight=False)
+        _print_shard_rows("users", paths)
+        return
+    done = split(users, interactions, items, shards, out)
+    console.print(f"{len(done.users)} shards written to {escape(str(out))}/", highlight=False)
+    _print_shard_rows("users", done.users)
+    _print_shard_rows("interactions", done.interactions)
+    for reason, count in done.dropped.items():
+        console.print(f"  interactions dropped ({reason}): {count}", highlight=False)
+    counted = _parquet_rows(done.item_counts)
+    console.print(f"  {done.item_counts.name}: {counted} items", highlight=False)
+
+
+def _print_shard_rows(what: str, paths: list[Path]) -> None:
+    rows = [_parquet_rows(p) for p in paths]
+    shown = ", ".join(map(str, rows))
+    console.print(f"  {what}: {sum(rows)} rows ({shown})", highlight=False)
+
+
+def _parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    rows: int = pq.read_metadata(path).num_rows
+    return rows
 
 
 @app.command()
@@ -244,6 +285,13 @@ def score(
     dry_run: Annotated[
         bool, typer.Option(help="Write the prompts and candidates instead of scores.")
     ] = False,
+    format_: Annotated[
+        PromptFormat | None,
+        typer.Option(
+            "--format",
+            help="--dry-run output: parquet, or jsonl (also OpenAI batch requests) \\[parquet].",
+        ),
+    ] = None,
     task: Annotated[list[Task] | None, typer.Option(help="Task(s) \\[prompts.tasks].")] = None,
     interactions: Annotated[Path | None, typer.Option(help="\\[data.interactions]")] = None,
     items: Annotated[Path | None, typer.Option(help="\\[data.items]")] = None,
@@ -266,6 +314,8 @@ def score(
     ] = None,
 ) -> None:
     """Score a users shard: one Parquet file per task, rejects, and a manifest (resumable)."""
+    if format_ is not None and not dry_run:
+        raise typer.BadParameter("only a --dry-run writes prompts", param_hint="--format")
     flags: dict[str, object] = {
         "prompts.tasks": task and [str(t) for t in task],
         "data.interactions": interactions and str(interactions),
@@ -281,8 +331,10 @@ def score(
     overrides = {k: v for k, v in flags.items() if v is not None}
     overrides |= dict(parse_override(pair) for pair in set_ or [])
     job_config = load_config(config, overrides)
-    logs = _library_logs(ctx, Path(out or job_config.output.dir))
+    logs = _library_logs(ctx, Path(out or job_config.output.dir), models=not dry_run)
     result = run_job(job_config, users, out, dry_run=dry_run, reporter=_reporter())
+    if format_ is PromptFormat.jsonl:
+        result = replace(result, manifest=export_requests(result.out))
     print_run(result)
     _print_logs(logs)
 
@@ -381,9 +433,10 @@ def print_run(result: JobResult) -> None:
     )
 
 
-def _library_logs(ctx: typer.Context, folder: Path) -> Path:
+def _library_logs(ctx: typer.Context, folder: Path, models: bool = True) -> Path:
     """The libraries' logs go to the run folder unless ``-v`` asked for them on the terminal."""
-    return library_logs_to(folder / LOG_FILE, verbose=ctx.find_root().params["verbose"])
+    verbose = ctx.find_root().params["verbose"]
+    return library_logs_to(folder / LOG_FILE, verbose=verbose, models=models)
 
 
 def _print_logs(path: Path) -> None:

@@ -9,7 +9,7 @@ text), and each group reports how many users failed.
 
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from sklearn.metrics import (
 from itdr_batch.errors import ItdrError
 from itdr_batch.hashing import files_digest
 from itdr_batch.run.folder import MANIFEST
-from itdr_batch.run.manifest import Manifest, ManifestError, read_record
+from itdr_batch.run.manifest import AdapterCounts, Manifest, ManifestError, read_record
 from itdr_batch.scoring.parsing import normalise
 from itdr_batch.tables.sink import write_json_atomic
 from itdr_batch.tasks import ResultKind, Task, spec
@@ -63,7 +63,11 @@ def evaluate(run_dir: Path, interactions_path: Path | None = None) -> dict[str, 
     interactions = _Interactions(
         interactions_path or config.data.interactions, manifest.inputs["interactions"].sha256
     )
+    if config.data.item_counts is not None and "item_counts" in manifest.inputs:
+        # A shard run on its own interactions: popularity is the whole table's, as it sampled.
+        interactions.use_counts(config.data.item_counts, manifest.inputs["item_counts"].sha256)
     tasks: dict[str, Any] = {}
+    absent: dict[str, str] = {}
     for task, path in _task_files(run_dir, manifest):
         frame = _read_results(path)
         result = spec(task).result
@@ -83,8 +87,11 @@ def evaluate(run_dir: Path, interactions_path: Path | None = None) -> dict[str, 
         counts = manifest.counts.tasks.get(task.value, {})
         for adapter, group in groups.items():
             group["rejected"] = counts[adapter].rejected if adapter in counts else 0
+        if result is ResultKind.TEXT and not any(g["metrics"]["model"] for g in groups.values()):
+            absent[task.value] = _why_no_text_metrics(groups, counts)
         tasks[task.value] = groups
-    return {"run_id": manifest.run_id, "tasks": tasks, "note": _note(manifest, tasks)}
+    note = _note(manifest, tasks, absent)
+    return {"run_id": manifest.run_id, "tasks": tasks, "note": note}
 
 
 def write_json(result: dict[str, Any], path: Path) -> None:
@@ -158,6 +165,21 @@ def _by_adapter(frame: pl.DataFrame, key: str) -> Iterator[tuple[str, pl.DataFra
         yield BASE if adapter is None else adapter, frame.filter(chosen)
 
 
+def _verify(path: Path, sha256: str, what: str, fix: str) -> None:
+    """``path`` is the run's ``what``, byte for byte: another file would give other baselines
+    without a word. ``fix`` says how to give it the right one."""
+    if not path.is_file():
+        raise EvaluationError(
+            f"the baselines need the run's {what}, {path}, which is missing; {fix}"
+        )
+    found = files_digest([path], names=False)
+    if found != sha256:
+        raise EvaluationError(
+            f"{path} is not the run's {what} (sha256 {found[:12]}, the run read "
+            f"{sha256[:12]}); {fix}"
+        )
+
+
 class _Interactions:
     """The run's interactions table, read only if a baseline needs it, and at most once each."""
 
@@ -178,20 +200,14 @@ class _Interactions:
         return scan.select(columns)
 
     def _verify(self) -> None:
-        """The file is the run's interactions table, byte for byte: another table would give
-        other baselines without a word."""
-        if not self.path.is_file():
-            raise EvaluationError(
-                f"the baselines need the run's interactions table, {self.path}, which is missing; "
-                "pass --interactions with a copy of it"
-            )
-        found = files_digest([self.path], names=False)
-        if found != self.sha256:
-            raise EvaluationError(
-                f"{self.path} is not the run's interactions table (sha256 {found[:12]}, the run "
-                f"read {self.sha256[:12]}); pass --interactions with the table the run read"
-            )
+        fix = "pass --interactions with a copy of the table the run read"
+        _verify(self.path, self.sha256, "interactions table", fix)
         self._verified = True
+
+    def use_counts(self, path: Path, sha256: str) -> None:
+        """Item counts from ``path`` (the run's ``data.item_counts``, checked like the table)."""
+        _verify(path, sha256, "item counts", "put the counts the run read back at that path")
+        self._counts = pl.read_parquet(path).select("item_id", "count")
 
     def counts(self) -> pl.DataFrame:
         """``item_id``, ``count``: interactions per item over the whole table."""
@@ -430,7 +446,18 @@ def _empty(users: int = 0) -> dict[str, Any]:
     }
 
 
-def _note(manifest: Manifest, tasks: dict[str, Any]) -> str:
+def _why_no_text_metrics(groups: dict[str, Any], counts: Mapping[str, AdapterCounts]) -> str:
+    """Why a text task has no BLEU/ROUGE: said, as an empty table would say nothing."""
+    if groups:
+        return (
+            "no scored row has a reference text (a `reference` column in the shard, or the "
+            "review an evaluation run holds out)"
+        )
+    rejected = sum(c.rejected for c in counts.values())
+    return f"no row was scored ({rejected} rejected: see rejects.parquet)"
+
+
+def _note(manifest: Manifest, tasks: dict[str, Any], absent: Mapping[str, str]) -> str:
     sentences = [
         "random and popularity are baselines on the same users and candidates; failed model "
         "outputs count as the worst answer."
@@ -440,6 +467,7 @@ def _note(manifest: Manifest, tasks: dict[str, Any]) -> str:
         sentences.append(
             f"{', '.join(text_tasks)}: no baselines (null), as free text has no candidates."
         )
+    sentences += [f"{task}: no BLEU/ROUGE, as {why}." for task, why in absent.items()]
     if manifest.model is not None and manifest.model.untrained:
         sentences.append(
             "The model is untrained: its metrics show the pipeline working, not model quality."

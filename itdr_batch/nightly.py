@@ -1,16 +1,18 @@
 """The nightly scoring flow: shard the users, score every shard on Ray, publish a summary.
 
 It lives in the package (``flows/`` holds the deployment entry points) because Ray workers must
-import the tasks they run. Thin by design: splitting is ``itdr_batch.tables.shard.split_users``
-(``itdr-batch shard``) and each shard runs ``itdr_batch.run.job.run_job``, the very code behind
-``itdr-batch score``. So a shard's folder is an ordinary run folder (results, rejects,
-manifest) and a complete one is skipped.
+import the tasks they run. Thin by design: splitting is ``itdr_batch.tables.shard.split``
+(``itdr-batch shard --interactions``: the users, their interactions and the whole log's item
+counts) and each shard runs ``itdr_batch.run.job.run_job``, the very code behind
+``itdr-batch score``, on its own interactions and those counts. So a shard's folder is an
+ordinary run folder (results, rejects, manifest) and a complete one is skipped.
 
 Shards run as Prefect tasks on a Ray cluster through prefect-ray's ``RayTaskRunner``: the address
 comes from the parameters (a local cluster when none is given), each task asks Ray for one GPU on
 GPU clusters and ``cpus_per_shard`` CPUs otherwise, and at most ``gpu_slots`` shards run at once.
 """
 
+import socket
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
@@ -25,7 +27,7 @@ from prefect.tasks import exponential_backoff
 from itdr_batch.evaluate import evaluate
 from itdr_batch.run import EngineCrashed, Manifest, load_config, run_job
 from itdr_batch.run.progress import LogReporter
-from itdr_batch.tables.shard import split_users
+from itdr_batch.tables.shard import split
 from itdr_batch.tables.sink import write_json_atomic
 
 
@@ -43,34 +45,44 @@ def transient(_task: Any, _run: Any, state: Any) -> bool:
 
 @dataclass(frozen=True)
 class ShardResult:
+    """``node`` and ``host``: where the shard ran (the Ray node id, the machine's name)."""
+
     shard: str
     out: str
     skipped: bool
     manifest: Manifest
+    node: str
+    host: str
 
 
 @task(retries=3, retry_condition_fn=transient, persist_result=False)
 def score_shard(config: str, shard: str, out: str, overrides: dict[str, Any]) -> ShardResult:
     """One shard through the score job; a complete run is reported as skipped."""
+    import ray
+
     logger = get_run_logger()
+    node, host = ray.get_runtime_context().get_node_id(), socket.gethostname()
     job = load_config(Path(config), overrides)
     result = run_job(job, Path(shard), Path(out), reporter=LogReporter(logger))
     outcome = "already complete, skipped" if result.skipped else "done"
-    logger.info("%s: run %s %s", shard, result.manifest.run_id, outcome)
-    return ShardResult(shard, out, result.skipped, result.manifest)
+    logger.info("%s: run %s %s on %s (node %s)", shard, result.manifest.run_id, outcome, host, node)
+    return ShardResult(shard, out, result.skipped, result.manifest, node, host)
 
 
 @flow(name="itdr-score-shards")
 def score_shards(
     config: str,
     shards: list[str],
+    interactions: list[str],
+    item_counts: str,
     out: str,
     overrides: dict[str, Any],
     gpu_slots: int,
     cpus_per_shard: float,
     retry_delay_s: float,
 ) -> list[ShardResult]:
-    """Every shard as a task, at most ``gpu_slots`` at a time, in shard order."""
+    """Every shard as a task, on its own ``interactions`` and the whole log's ``item_counts``, at
+    most ``gpu_slots`` at a time, in shard order."""
     import ray
     from prefect_ray.context import remote_options
 
@@ -79,13 +91,12 @@ def score_shards(
     scorer = score_shard.with_options(retry_delay_seconds=exponential_backoff(retry_delay_s))
     running: list[PrefectFuture[ShardResult]] = []
     done: list[ShardResult] = []
-    for shard in shards:
+    for shard, log in zip(shards, interactions, strict=True):
         if len(running) == gpu_slots:
             done.append(running.pop(0).result())
+        inputs = {**overrides, "data.interactions": log, "data.item_counts": item_counts}
         with remote_options(**resources):
-            running.append(
-                scorer.submit(config, shard, str(Path(out) / Path(shard).stem), overrides)
-            )
+            running.append(scorer.submit(config, shard, str(Path(out) / Path(shard).stem), inputs))
     done += [future.result() for future in running]
     return done
 
@@ -103,7 +114,8 @@ def nightly(
     retry_delay_s: float = 30.0,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Shard ``users`` and score each shard into ``out/NIGHT/shard-*``; publish the summary.
+    """Shard ``users`` and the job's interactions, score each shard on its own interactions into
+    ``out/NIGHT/shard-*``; publish the summary.
 
     ``night`` (default: the UTC date the flow run was scheduled for) names the night's folder, so
     each night is a run of its own while a retried or rerun night finds its finished shards.
@@ -111,12 +123,15 @@ def nightly(
     logger = get_run_logger()
     night = night or flow_run.scheduled_start_time.astimezone(UTC).date().isoformat()
     folder = (Path(out) / night).resolve()  # Ray workers need not share our working directory
-    paths = split_users(Path(users), shards, folder / "shards")
-    logger.info("%s: %d shards under %s/shards", users, len(paths), folder)
+    data = load_config(Path(config), overrides).data
+    done = split(Path(users), data.interactions, data.items, shards, folder / "shards")
+    logger.info("%s: %d shards under %s/shards", users, len(done.users), folder)
     runner = _ray_runner(ray_address)
     results = score_shards.with_options(task_runner=runner)(
         config=str(Path(config).resolve()),
-        shards=[str(p) for p in paths],
+        shards=[str(p) for p in done.users],
+        interactions=[str(p) for p in done.interactions],
+        item_counts=str(done.item_counts),
         out=str(folder),
         overrides=overrides or {},
         gpu_slots=gpu_slots,
@@ -149,6 +164,8 @@ def _summary(results: list[ShardResult]) -> dict[str, Any]:
                 "out": result.out,
                 "run_id": manifest.run_id,
                 "skipped": result.skipped,
+                "node": result.node,
+                "host": result.host,
                 "rows": manifest.counts.rows,
                 "tasks": manifest.counts.dump()["tasks"],
                 "left_out": manifest.counts.left_out,

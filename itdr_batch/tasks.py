@@ -57,7 +57,8 @@ class TaskSpec:
     key: str = "user_id"
     # Likelihood mode: the answer scored for each candidate ({title}); None: the rating scale.
     likelihood_answer: str | None = None
-    # Evaluation runs hold each row's last interaction out: among the candidates, or as the target.
+    # Evaluation runs hold each row's last interaction out: among the candidates, as the target,
+    # or (text results) as the reference text, its review.
     holds_out: bool = False
     interaction_columns: tuple[str, ...] = ()
     item_columns: tuple[str, ...] = ()
@@ -125,6 +126,7 @@ TASKS: Mapping[Task, TaskSpec] = MappingProxyType(
             _TEXT_MODES,
             Mode.GENERATE,
             generate_tokens=256,
+            holds_out=True,
             interaction_columns=("rating", "review"),
         ),
         Task.TUI: TaskSpec(
@@ -134,6 +136,7 @@ TASKS: Mapping[Task, TaskSpec] = MappingProxyType(
             Mode.GENERATE,
             generate_tokens=256,
             key="item_id",
+            holds_out=True,
             interaction_columns=("review",),
         ),
     }

@@ -20,6 +20,7 @@ from itdr_batch.evaluate import evaluate, render, write_json
 from itdr_batch.prompts.build import PromptConfig, build_prompts
 from itdr_batch.run.build import build_unit
 from itdr_batch.run.config import load_config
+from itdr_batch.run.extract import extract
 from itdr_batch.run.plan import make_plan
 from itdr_batch.tables.load import TableError, load_interactions, load_items, load_users
 from itdr_batch.tables.sink import write_json_atomic
@@ -167,7 +168,9 @@ def test_job_truth_is_the_rating_of_the_held_out_item(tmp_path: Path) -> None:
     _, interactions, _ = rp_history([2.0, 4.0, None, 0.5])
     config = load_config(job(tmp_path, interactions, evaluation=True))
     users = write(tmp_path / "users.parquet", pl.DataFrame({"user_id": [1]}))
-    built = build_unit(make_plan(config, users, dry_run=True), 0, Task.RP).prompts
+    plan = make_plan(config, users, dry_run=True)
+    history = extract(plan, tmp_path / "parts").batch(0)
+    built = build_unit(plan, 0, Task.RP, history).prompts
     assert built.select("held_out_item_id", "truth").row(0) == (2, 4.0)
 
 

@@ -105,16 +105,18 @@ def test_engines_agree(
 def test_vllm_likelihood_reads_each_prompt_from_the_prefix_cache(
     vllm_engine: Engine, tokenizer: Any, sample: tuple[pl.DataFrame, pl.DataFrame]
 ) -> None:
-    """Candidates reuse their prompt's cached blocks (128 tokens each on the CPU)."""
+    """Candidates reuse their prompt's cached blocks (32 tokens each on the CPU)."""
     assert isinstance(vllm_engine, VllmEngine)
+    size = vllm_engine.block_size
+    assert size == 32
     rows = real_rows(sample, Task.TKR, "a2")
-    blocks = sum(len(tokenizer.encode(r.prompt)) // 128 * 128 for r in rows)
+    blocks = sum(len(tokenizer.encode(r.prompt)) // size * size for r in rows)
     assert blocks > 0
-    before = vllm_engine.cached_tokens
+    before = vllm_engine.tokens.cached
     results = scored(vllm_engine, tokenizer, rows, Task.TKR, Mode.LIKELIHOOD)
     assert all(r.status == "ok" for r in results)
     # Every candidate of every row hit its prompt's full blocks.
-    assert vllm_engine.cached_tokens - before >= blocks * 5
+    assert vllm_engine.tokens.cached - before >= blocks * 5
 
 
 @pytest.mark.slow
@@ -239,19 +241,33 @@ def test_modes_a_task_cannot_use_are_refused() -> None:
 
 
 @pytest.mark.slow
-def test_bench_engines_writes_its_figures(shared_data: Path, tmp_path: Path) -> None:
-    """A smoke run of the benchmark (transformers only, 4 users): figures, not timings, checked."""
+def test_bench_engines_writes_its_figures(tmp_path: Path) -> None:
+    """A smoke run of the benchmark on the body model (transformers only, 2 users): figures, not
+    timings, checked."""
     out = tmp_path / "engines.json"
-    args = ["bench", "engines", "--users", "4", "--engine", "hf", "--json", str(out)]
-    args += ["--tokenizer", str(shared_data / "qwen2.5-tokenizer"), "--workdir", str(tmp_path)]
-    args += ["--data", str(SAMPLE)]
+    args = ["bench", "engines", "--model", "body", "--users", "2", "--engine", "hf"]
+    args += ["--json", str(out), "--workdir", str(tmp_path), "--data", str(SAMPLE)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     figures = json.loads(out.read_text())
+    hf = figures["engines"]["hf"]
     for mode in ("prefill", "likelihood", "label", "generate"):
-        assert figures["engines"]["hf"][mode]["prompts_per_s"] > 0
-        assert figures["engines"]["hf"][mode]["tokens_per_s"] > 0
-        assert figures["engines"]["hf"][mode]["base"]["prompts_per_s"] > 0
-    assert figures["users"] == 4
+        assert hf[mode]["prompts_per_s"] > 0
+        assert hf[mode]["tokens_per_s"] > 0
+        assert hf[mode]["base"]["prompts_per_s"] > 0
+        assert hf[mode]["computed_tokens_per_prompt_token"] >= 1
+    # A tree reads the prompt once plus its answers: more than a prefill, less than twice it.
+    assert 1 < hf["computed_tokens_per_prompt_token"] < 2
+    assert hf["likelihood_over_prefill"] > 0
+    assert hf["likelihood_path"].startswith("shared-prefix tree")
+    assert figures["users"] == 2
+    assert figures["model"] == "body"
     assert figures["agreement"]["max_abs_logprob_diff"] is None
     assert "likelihood costs" in result.output
+
+
+def test_bench_engines_names_the_models_it_knows(tmp_path: Path) -> None:
+    args = ["bench", "engines", "--model", "huge", "--json", str(tmp_path / "x.json")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert "--model must be tiny or body, not 'huge'" in result.output

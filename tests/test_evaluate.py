@@ -449,3 +449,31 @@ def test_a_truncated_result_file_is_named(tmp_path: Path) -> None:
     (run / "rp.parquet").write_bytes(data[: len(data) // 2])
     with pytest.raises(EvaluationError, match=r"rp.parquet: cannot be read as Parquet"):
         evaluate(run)
+
+
+def test_a_shard_runs_popularity_baseline_counts_the_whole_table(tmp_path: Path) -> None:
+    """A run on a shard's own interactions (``data.item_counts`` set, as the nightly flow runs
+    shards) ranks by the whole table's counts, as its sampling did, not by its shard's."""
+    items = ["c", "a", "b", "d"]
+    shard = pl.DataFrame({"user_id": [1, 2, 3], "item_id": ["a", "a", "b"], "timestamp": [0] * 3})
+    whole = pl.concat(
+        [shard, pl.DataFrame({"user_id": [9] * 3, "item_id": ["c"] * 3, "timestamp": [0] * 3})]
+    )
+    frame = ranking_frame(np.zeros((2, 4)), np.array([0, 0]), items)
+    by_whole = metrics(evaluate(write_run(tmp_path / "whole", {"tkr": frame}, whole)), "tkr")
+    counts = tmp_path / "item_counts.parquet"
+    whole.group_by("item_id").len("count").sort("item_id").write_parquet(counts)
+    identity = {"path": str(counts), "bytes": 1, "sha256": files_digest([counts], names=False)}
+    run = write_run(
+        tmp_path / "shard",
+        {"tkr": frame},
+        shard,
+        config={"data": {"item_counts": str(counts)}},
+        inputs={"item_counts": identity},
+    )
+    assert metrics(evaluate(run), "tkr")["popularity"] == by_whole["popularity"]
+    by_shard = metrics(evaluate(write_run(tmp_path / "own", {"tkr": frame}, shard)), "tkr")
+    assert by_shard["popularity"] != by_whole["popularity"]
+    counts.write_bytes(b"not the counts")
+    with pytest.raises(EvaluationError, match="is not the run's item counts"):
+        evaluate(run)

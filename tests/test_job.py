@@ -17,6 +17,7 @@ from polars.testing import assert_frame_equal
 from typer.testing import CliRunner, Result
 
 from itdr_batch.cli import app
+from itdr_batch.dev.tiny import Tiny
 from itdr_batch.engines import Engine, Failure, Prompt, load_tokenizer, open_engine
 from itdr_batch.run.config import load_config
 from itdr_batch.run.job import EngineCrashed, run_job
@@ -120,6 +121,13 @@ def test_score_writes_the_results_contract(reference: Path, users: list[int]) ->
     assert manifest["adapters"][0]["name"] == "a1"
     assert len(manifest["adapters"][0]["sha256"]) == 64
     assert manifest["throughput"]["prompt_tokens_per_s"] > 0
+    assert manifest["scoring_paths"]["tkr"].startswith("likelihood, hf: shared-prefix tree")
+    assert manifest["scoring_paths"]["rp"].startswith("label, hf")
+    tokens = manifest["engine_tokens"]
+    # Each prompt read once, plus TKR's answers and padding; nothing from a cache.
+    assert tokens["cached"] == 0
+    assert tokens["computed"] >= tokens["sent"] > manifest["throughput"]["prompt_tokens"]
+    assert 1 < tokens["computed_per_prompt_token"] < 2
     assert not (reference / "_parts").exists()
     # The held-out item is one of the presented candidates, at its recorded position.
     assert set(files["tkr"]["run_id"]) == {manifest["run_id"]}
@@ -134,7 +142,10 @@ def test_score_with_vllm_agrees_with_transformers(
     args = ["score", "--users", movielens.users, "--config", job, "--out", out, "--engine", "vllm"]
     done = subprocess.run([ITDR_BATCH, *map(str, args)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((out / "_manifest.json").read_text())["engine"] == "vllm"
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["engine"] == "vllm"
+    assert "prefix cache (block 32, self-check passed)" in manifest["scoring_paths"]["tkr"]
+    assert manifest["engine_tokens"]["cached"] > 0
     ours, theirs = read_run(out), read_run(reference)
     for task, column in (("tkr", "score"), ("rp", "rating")):
         joined = ours[task].join(theirs[task], on=["user_id", "item_id"], suffix="_hf")
@@ -149,12 +160,12 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_rows(
     out = tmp_path / "killed"
     args: list[str | Path] = ["score", "--users", movielens.users, "--config", job, "--out", out]
     process = subprocess.Popen([ITDR_BATCH, *map(str, args)], stderr=subprocess.DEVNULL)
-    for _ in _wait_for(lambda: len(list(out.glob("_parts/*/*.json"))) >= 3, process):
+    for _ in _wait_for(lambda: len(list(out.glob("_parts/*/[0-9]*.json"))) >= 3, process):
         pass
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
     assert not (out / "_manifest.json").exists()
-    committed = len(list(out.glob("_parts/*/*.json")))
+    committed = len(list(out.glob("_parts/*/[0-9]*.json")))
     assert 3 <= committed < len(TASKS) * 6
 
     result = score(cli, *args[1:])
@@ -201,6 +212,12 @@ class FlakyEngine:
         self.crash_after = crash_after
         self.calls = 0
         self.seen: dict[int, int] = {}
+        self.tokens = engine.tokens
+        self.likelihood_refusal = engine.likelihood_refusal
+
+    @property
+    def likelihood_path(self) -> str:
+        return self.inner.likelihood_path
 
     def _fails(self, prompt: Prompt) -> bool:
         key = hash(tuple(prompt.ids))
@@ -285,7 +302,7 @@ def test_an_engine_crash_fails_the_shard_and_leaves_it_resumable(
     with pytest.raises(EngineCrashed, match="resumes from this batch"):
         run_job(config, movielens.users, out, engine=FlakyEngine(job_engine, crash_after=4))
     assert not (out / "_manifest.json").exists()
-    assert len(list(out.glob("_parts/*/*.json"))) >= 1
+    assert len(list(out.glob("_parts/*/[0-9]*.json"))) >= 1
     run_job(config, movielens.users, out, engine=job_engine)
     for name, frame in read_run(reference).items():
         assert_frame_equal(read_run(out)[name], frame)
@@ -494,11 +511,23 @@ def test_bench_job_measures_peak_memory_per_shard_size(
     assert result.exit_code == 0, result.output
     figures = json.loads((tmp_path / "job.json").read_text())
     assert figures["interactions_rows"] == 100_836
-    assert set(figures["peak_rss_mb"]) == {"20", "40"}
-    assert all(mb > 0 for mb in figures["peak_rss_mb"].values())
-    assert figures["rss_ratio_largest_to_smallest"] > 0
-    prompts = pl.read_parquet(tmp_path / "work" / "run-40" / "tkr.parquet")
-    assert prompts.height == 40
+    assert set(figures["sizes"]) == {"20", "40"}
+    for size in ("20", "40"):
+        assert set(figures["sizes"][size]) == {"sorted", "shuffled"}
+        for values in figures["sizes"][size].values():
+            assert values["peak_rss_mb"] > 0
+            assert values["prompts_per_s"] > 0
+    assert figures["core_prompts_per_s"] > 0
+    assert set(figures["ratios"]) == {
+        "core_over_job",
+        "shuffled_over_sorted",
+        "rss_ratio_largest_to_smallest",
+    }
+    # The two logs hold the same rows in another order: the same prompts.
+    sorted_run = pl.read_parquet(tmp_path / "work" / "run-sorted-40" / "tkr.parquet")
+    shuffled_run = pl.read_parquet(tmp_path / "work" / "run-shuffled-40" / "tkr.parquet")
+    assert sorted_run.height == 40
+    assert sorted_run["user_id"].to_list() == shuffled_run["user_id"].to_list()
 
 
 def test_unknown_candidate_ids_are_counted(
@@ -536,22 +565,25 @@ class _StopAfterOneUnit:
 
 @pytest.mark.slow
 def test_a_resumed_vllm_run_writes_the_uninterrupted_rows_exactly(
-    job: Path, movielens: Canonical, tmp_path: Path
+    job: Path, movielens: Canonical, tiny: Tiny, vllm_engine: Engine, tmp_path: Path
 ) -> None:
     """vLLM reads cached prompt prefixes through other kernels than a cold prefill, so each unit
-    starts from a cold cache: a resumed unit then computes exactly what it computed before."""
-    config = load_config(job, {"engine.kind": "vllm", "prompts.tasks": ["tkr", "rp"]})
-    engine = open_engine(config.engine_config())
-    try:
-        run_job(config, movielens.users, tmp_path / "whole", engine=engine)
-        with pytest.raises(_Interrupt):
-            run_job(config, movielens.users, tmp_path / "cut", engine=engine,
-                    reporter=_StopAfterOneUnit())  # fmt: skip
-        assert len(list((tmp_path / "cut").glob("_parts/*/*.json"))) == 1
-        engine.forget()  # the resuming process starts with an empty cache
-        run_job(config, movielens.users, tmp_path / "cut", engine=engine)
-    finally:
-        engine.close()
+    starts from a cold cache: a resumed unit then computes exactly what it computed before.
+
+    The session's engine (both adapters): closing a second vLLM engine in this process would tear
+    down the parallel state the session's engine runs on."""
+    adapters = [{"name": a.name, "path": str(a.path)} for a in tiny.adapters]
+    config = load_config(
+        job, {"engine.kind": "vllm", "prompts.tasks": ["tkr", "rp"], "adapters": adapters}
+    )
+    engine = vllm_engine
+    run_job(config, movielens.users, tmp_path / "whole", engine=engine)
+    with pytest.raises(_Interrupt):
+        run_job(config, movielens.users, tmp_path / "cut", engine=engine,
+                reporter=_StopAfterOneUnit())  # fmt: skip
+    assert len(list((tmp_path / "cut").glob("_parts/*/[0-9]*.json"))) == 1
+    engine.forget()  # the resuming process starts with an empty cache
+    run_job(config, movielens.users, tmp_path / "cut", engine=engine)
     whole, resumed = read_run(tmp_path / "whole"), read_run(tmp_path / "cut")
     for name, frame in whole.items():
         assert_frame_equal(resumed[name], frame)

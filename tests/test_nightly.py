@@ -170,7 +170,7 @@ def test_nightly_gives_the_rows_of_one_run_retries_and_skips(
     rows = artifacts["itdr-nightly-shards"].data
     table = json.loads(rows) if isinstance(rows, str) else rows
     assert isinstance(table, list)
-    assert [r["shard"] for r in table] == [p.stem for p in sorted(night.glob("shards/*"))]
+    assert [r["shard"] for r in table] == [p.stem for p in sorted(night.glob("shards/shard-*"))]
     for row in table:
         scored = pl.read_parquet(night / row["shard"] / "tkr.parquet")["user_id"].n_unique()
         rejected = pl.read_parquet(night / row["shard"] / "rejects.parquet").height

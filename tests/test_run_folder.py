@@ -132,7 +132,7 @@ def test_two_score_processes_on_one_folder_leave_one_consistent_run(
     with log.open("w") as stderr:
         first = subprocess.Popen([ITDR_BATCH, *args], stderr=stderr)
     deadline = time.monotonic() + 120
-    while not list(out.glob("_parts/*/*.json")):
+    while not list(out.glob("_parts/*/[0-9]*.json")):
         assert first.poll() is None, log.read_text()
         assert time.monotonic() < deadline, "the first run committed nothing in time"
         time.sleep(0.05)
@@ -264,7 +264,7 @@ def test_a_full_disk_stops_in_one_line_keeping_what_is_committed(
     assert "run the same command again to resume" in message
     assert "\n" not in message
     assert not full.tmp.is_symlink()
-    assert len(list(out.glob("_parts/*/*.json"))) == kept
+    assert len(list(out.glob("_parts/*/[0-9]*.json"))) == kept
     assert not (out / "_manifest.json").exists()
 
     run_job(config, movielens.users, out, dry_run=True)

@@ -76,6 +76,13 @@ def bench_engines(
     data: Annotated[Path, typer.Option(help="MovieLens folder the prompts are built from.")] = Path(
         "../shared/data/movielens-latest-small"
     ),
+    model: Annotated[
+        str,
+        typer.Option(
+            help="tiny (the tests' model: its output layer dominates) or body (a Qwen2 whose "
+            "body dominates a token's cost, as in Qwen2.5-7B)."
+        ),
+    ] = "tiny",
     tokenizer: Annotated[Path, typer.Option(help="Tokenizer folder for the tiny model.")] = Path(
         "../shared/data/qwen2.5-tokenizer"
     ),
@@ -83,27 +90,31 @@ def bench_engines(
         "vllm",
         "hf",
     ],
-    workdir: Annotated[Path, typer.Option(help="Where the tiny model is built (cached).")] = Path(
-        "benchmarks/results/tiny"
+    workdir: Annotated[Path, typer.Option(help="Where the models are built (cached).")] = Path(
+        "benchmarks/results/models"
     ),
     json_path: Annotated[Path, typer.Option("--json", help="Where the figures go.")] = Path(
         "benchmarks/results/engines.json"
     ),
 ) -> None:
-    """Engines x scoring modes on the tiny model: prompts/s, prompt tokens/s, agreement."""
+    """Engines x scoring modes: prompts/s, prompt tokens/s, computed tokens, agreement."""
     from itdr_batch.bench import engines as bench_module
 
     if unknown := sorted(set(engines) - {"vllm", "hf"}):
         raise ItdrError(f"--engine must be vllm or hf, not {', '.join(unknown)}")
-    if not tokenizer.is_dir():
+    if model not in bench_module.MODELS:
+        raise ItdrError(f"--model must be {' or '.join(bench_module.MODELS)}, not {model!r}")
+    if model == "tiny" and not tokenizer.is_dir():
         raise ItdrError(f"tokenizer folder {tokenizer} not found")
     source = data if data.is_dir() else SAMPLE
-    figures = bench_module.run(users, source, tokenizer, workdir, engines)
+    figures = bench_module.run(users, source, tokenizer, workdir, engines, model)
     write_json_atomic(figures, json_path)
     table = RichTable(
-        title=f"{figures['users']} users, mean prompt {figures['mean_prompt_tokens']:.0f} tokens"
+        title=f"{figures['model_description']}: {figures['users']} users, "
+        f"mean prompt {figures['mean_prompt_tokens']:.0f} tokens"
     )
-    for column in ("engine", "mode", "prompts/s", "tokens/s", "base prompts/s"):
+    columns = ("engine", "mode", "prompts/s", "tokens/s", "computed/prompt token", "base prompts/s")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("engine", "mode") else "right")
     for name, modes in figures["engines"].items():
         for mode in ("prefill", "likelihood", "label", "generate"):
@@ -113,13 +124,14 @@ def bench_engines(
                 mode,
                 f"{values['prompts_per_s']:,.1f}",
                 f"{values['tokens_per_s']:,.0f}",
+                f"{values['computed_tokens_per_prompt_token']:.2f}",
                 f"{values['base']['prompts_per_s']:,.1f}",
             )
     console.print(table)
     for name, modes in figures["engines"].items():
         console.print(
             f"{name}: likelihood costs {modes['likelihood_over_prefill']:.2f}x one prefill "
-            f"(goal <= {figures['likelihood_over_prefill_goal']})",
+            f"(goal <= {figures['likelihood_over_prefill_goal']}); {modes['likelihood_path']}",
             highlight=False,
         )
     diff = figures["agreement"]["max_abs_logprob_diff"]
@@ -145,7 +157,8 @@ def bench_job(
         "benchmarks/results/job.json"
     ),
 ) -> None:
-    """Peak RSS of `score --dry-run` over shards of growing size: it should stay flat."""
+    """`score --dry-run` over shards of growing size, sorted and shuffled logs: prompts/s against
+    the Rust core's, and peak RSS (it should stay flat)."""
     from itdr_batch.bench import job as bench_module
 
     sizes = sorted(sizes or [10_000, 100_000, 1_000_000])
@@ -156,19 +169,26 @@ def bench_job(
         title=f"score --dry-run, TKR, batch {batch_size:,}, "
         f"{figures['interactions_rows']:,} interactions"
     )
-    for column in ("users", "peak RSS MiB", "seconds", "prompts/s"):
+    for column in ("users", "log", "peak RSS MiB", "seconds", "prompts/s"):
         table.add_column(column, justify="right")
     for size in sizes:
-        key = str(size)
-        table.add_row(
-            f"{size:,}",
-            f"{figures['peak_rss_mb'][key]:,.0f}",
-            f"{figures['seconds'][key]:,.1f}",
-            f"{figures['prompts_per_s'][key]:,.0f}",
-        )
+        for order, values in figures["sizes"][str(size)].items():
+            table.add_row(
+                f"{size:,}",
+                order,
+                f"{values['peak_rss_mb']:,.0f}",
+                f"{values['seconds']:,.1f}",
+                f"{values['prompts_per_s']:,.0f}",
+            )
     console.print(table)
+    ratios, goals = figures["ratios"], figures["goals"]
     console.print(
-        f"peak RSS, largest / smallest shard: {figures['rss_ratio_largest_to_smallest']:.2f}x",
+        f"Rust core: {figures['core_prompts_per_s']:,.0f} prompts/s "
+        f"({figures['core_users']:,} users); core / slowest job "
+        f"{ratios['core_over_job']:.1f}x (goal <= {goals['core_over_job_max']:g}); shuffled / "
+        f"sorted {ratios['shuffled_over_sorted']:.2f}x (goal <= "
+        f"{goals['shuffled_over_sorted_max']:g}); peak RSS largest / smallest shard "
+        f"{ratios['rss_ratio_largest_to_smallest']:.2f}x (goal <= {goals['rss_ratio_max']:g})",
         highlight=False,
     )
     console.print(f"written to {escape(str(json_path))}", highlight=False)

@@ -1,25 +1,31 @@
-"""`itdr-batch bench engines`: each engine in each scoring mode on the tiny model.
+"""`itdr-batch bench engines`: each engine in each scoring mode on a small built model.
+
+``--model tiny`` (default) is the tests' model: its 151k-token output layer dominates a token's
+cost, as in no real model. ``--model body`` is a Qwen2 whose body dominates, as in Qwen2.5-7B
+(``build_body_model``): the one to read likelihood's cost relative to a prefill on.
 
 TKR prompts (qwen chat format, 10 history items, 10 candidates) are built from MovieLens for N
 users; RP prompts for label mode. For each engine, with the adapter and on the base model, it
 times: ``prefill`` (one next-token pass per prompt: the cost floor of reading a prompt),
 ``likelihood`` (TKR, every candidate's answer), ``label`` (RP over the rating tokens) and
-``generate`` (TKR, greedy, capped at GENERATE_TOKENS new tokens). vLLM's prefix cache is emptied
-before each timing. The same likelihood scores from both engines give their largest absolute
-difference. The tiny model is untrained: these figures are throughput, never quality.
+``generate`` (TKR, greedy, capped at GENERATE_TOKENS new tokens), and counts the tokens the engine
+computed per prompt token (``TokenCounts``; vLLM's prefix cache is emptied before each timing).
+The same likelihood scores from both engines give their largest absolute difference. The models
+are untrained: these figures are throughput, never quality.
 """
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from itdr_batch.datasets import read_movielens
-from itdr_batch.dev.tiny import build_tiny
-from itdr_batch.engines import Engine, Prompt, load_tokenizer, open_engine
-from itdr_batch.engines.vllm import VllmEngine
+from itdr_batch.dev.tiny import Tiny, build_adapter, build_body_model, build_tiny
+from itdr_batch.dev.tokenizer import sample_texts, train_tokenizer
+from itdr_batch.engines import AdapterSpec, Engine, Prompt, load_tokenizer, open_engine
 from itdr_batch.prompts.build import PromptConfig, build_prompts
 from itdr_batch.scoring.modes import (
     PromptEncoder,
@@ -33,21 +39,26 @@ from itdr_batch.tasks import Mode, Task
 
 GENERATE_TOKENS = 32
 CHAT = "qwen"
-# vLLM's CPU attention wants multiples of 32.
-BLOCK_SIZE = 32
-LIKELIHOOD_OVER_PREFILL_GOAL = 1.5
+LIKELIHOOD_OVER_PREFILL_GOAL = 1.3
+MODELS = {
+    "tiny": "tiny Qwen2 (2 layers, hidden 128, Qwen2.5's 151k vocabulary), float32, untrained",
+    "body": "body Qwen2 (8 layers, hidden 512, the demo's 4k vocabulary), float32, untrained",
+}
 
 
-def run(users: int, source: Path, tokenizer_dir: Path, workdir: Path, engines: list[str]) -> Any:
+def run(
+    users: int, source: Path, tokenizer_dir: Path, workdir: Path, engines: list[str], model: str
+) -> Any:
     """Runs the benchmark; returns the figures (the JSON written by the CLI)."""
-    tiny = build_tiny(workdir, tokenizer_dir, adapters=1)
-    config = tiny.config(max_model_len=2048, enforce_eager=False, block_size=BLOCK_SIZE)
+    built = _model(model, tokenizer_dir, workdir)
+    config = built.config(max_model_len=2048, enforce_eager=False)
     tokenizer = load_tokenizer(config)
     tkr = _rows(source, users, Task.TKR)
     rp = _rows(source, users, Task.RP)
     figures: dict[str, Any] = {
         "users": len(tkr),
-        "model": "tiny Qwen2 (2 layers, hidden 128), float32, untrained",
+        "model": model,
+        "model_description": MODELS[model],
         "generate_max_new_tokens": GENERATE_TOKENS,
         "mean_prompt_tokens": _mean_tokens(tokenizer, tkr),
         "engines": {},
@@ -65,9 +76,12 @@ def run(users: int, source: Path, tokenizer_dir: Path, workdir: Path, engines: l
                 else:
                     per_engine.update(timings)
                     likelihoods[name] = _scores(engine, tokenizer, tkr, adapter)
-            per_engine["likelihood_over_prefill"] = (
-                per_engine["prefill"]["prompts_per_s"] / per_engine["likelihood"]["prompts_per_s"]
-            )
+            likelihood, prefill = per_engine["likelihood"], per_engine["prefill"]
+            per_engine["likelihood_over_prefill"] = likelihood["seconds"] / prefill["seconds"]
+            per_engine["computed_tokens_per_prompt_token"] = likelihood[
+                "computed_tokens_per_prompt_token"
+            ]
+            per_engine["likelihood_path"] = engine.likelihood_path
             figures["engines"][name] = per_engine
         finally:
             engine.close()
@@ -82,6 +96,17 @@ def run(users: int, source: Path, tokenizer_dir: Path, workdir: Path, engines: l
     figures["agreement"] = {"max_abs_logprob_diff": diff, "dtype": "float32"}
     figures["likelihood_over_prefill_goal"] = LIKELIHOOD_OVER_PREFILL_GOAL
     return figures
+
+
+def _model(kind: str, tokenizer_dir: Path, workdir: Path) -> Tiny:
+    """The tiny model (``tokenizer_dir``'s vocabulary) or the body model (the demo tokenizer's),
+    with one adapter ``a1``; built once under ``workdir`` and reused."""
+    if kind == "tiny":
+        return build_tiny(workdir, tokenizer_dir, adapters=1)
+    tokenizer = train_tokenizer(sample_texts(), workdir / "body-tokenizer")
+    model = build_body_model(workdir / "body", tokenizer)
+    adapter = build_adapter(workdir / "body-a1", model, seed=1)
+    return Tiny(model, (AdapterSpec(name="a1", path=adapter),))
 
 
 def _rows(source: Path, users: int, task: Task) -> list[Row]:
@@ -121,27 +146,23 @@ def _time_modes(
     timings: dict[str, dict[str, float]] = {}
     for mode, (rows, job) in work.items():
         engine.forget()
-        counted = _computed_tokens(engine)
+        before = replace(engine.tokens)
         started = time.perf_counter()
         job()
         seconds = time.perf_counter() - started
+        counts = engine.tokens.since(before)
         tokens = sum(len(ids) for ids in encoder.prompts([r.prompt for r in rows]))
         timings[mode] = {
             "prompts_per_s": len(rows) / seconds,
             "tokens_per_s": tokens / seconds,
             "seconds": seconds,
+            # Tokens the engine ran through the model (padding in, cache hits out) per prompt
+            # token: 1.0 reads each prompt once.
+            "computed_tokens_per_prompt_token": counts["computed"] / tokens,
+            "sent_tokens_per_prompt_token": counts["sent"] / tokens,
+            "cached_tokens_per_prompt_token": counts["cached"] / tokens,
         }
-        if counted is not None:
-            # Tokens vLLM computed (not read from its prefix cache) per prompt token.
-            computed = (_computed_tokens(engine) or 0) - counted
-            timings[mode]["computed_tokens_per_prompt_token"] = computed / tokens
     return timings
-
-
-def _computed_tokens(engine: Engine) -> int | None:
-    if isinstance(engine, VllmEngine):
-        return engine.prompt_tokens - engine.cached_tokens
-    return None
 
 
 def _scores(engine: Engine, tokenizer: Any, rows: list[Row], adapter: str | None) -> list[Scored]:

@@ -113,7 +113,9 @@ def check_model(path: Path, allow_pickle: bool, trust_remote_code: bool) -> None
     if "auto_map" in json.loads(config_path.read_text()) and not trust_remote_code:
         raise ModelError(
             f"model {path}: config.json's auto_map means the model runs its own Python code "
-            "(GLM-4 does); set trust_remote_code = true if you trust it"
+            "(GLM-4 does, but its -hf checkpoints, e.g. THUDM/glm-4-9b-chat-hf, need none: "
+            "transformers and vLLM support them without it); set trust_remote_code = true if "
+            "you trust it"
         )
     if any(path.glob("*.safetensors")):
         return

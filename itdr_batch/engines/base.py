@@ -6,7 +6,7 @@ its own: a bad request yields a ``Failure`` in its slot and the rest of the batc
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol, TypeVar
 
 from itdr_batch.engines.adapters import Adapter
@@ -32,10 +32,34 @@ class Failure:
     detail: str
 
 
+@dataclass
+class TokenCounts:
+    """Prompt-side tokens an engine handled (generated tokens are not counted): ``sent`` in
+    requests, ``cached`` served from a prefix cache, ``computed`` run through the model (padding
+    included). ``computed`` over the prompts' own tokens is what a scoring mode really costs."""
+
+    sent: int = 0
+    cached: int = 0
+    computed: int = 0
+
+    def since(self, before: "TokenCounts") -> dict[str, int]:
+        """What was added after ``before`` (a copy taken then), by name."""
+        return {f.name: getattr(self, f.name) - getattr(before, f.name) for f in fields(self)}
+
+
 class Engine(Protocol):
     name: str
     max_model_len: int
     adapters: dict[str, Adapter]
+    # Counted over the engine's life; callers take differences.
+    tokens: TokenCounts
+    # Why this engine cannot score likelihood mode for its model (None: it can).
+    likelihood_refusal: str | None
+
+    @property
+    def likelihood_path(self) -> str:
+        """How likelihood mode runs on this engine now, in words (the run's manifest shows it)."""
+        ...
 
     def generate(self, prompts: Sequence[Prompt], max_tokens: int) -> list[list[int] | Failure]:
         """Greedy continuation token ids, up to ``max_tokens`` or the end-of-turn token."""

@@ -2,11 +2,10 @@
 
 Requests are grouped by adapter and bucketed by length (batches under a padded-token budget).
 Prompts are left-padded with explicit position ids, so padding never changes a score. Likelihood
-scoring prefills each prompt once and scores its candidates' answers on copies of that prompt's
-``past_key_values``; ``logits_to_keep`` avoids full-vocabulary logits over the prompt.
+scoring runs each prompt and all of its answers as one shared-prefix tree (``engines.tree``):
+one pass over prompt plus answers, and the output layer only where an answer token is predicted.
 """
 
-import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -14,16 +13,19 @@ from typing import Any
 import torch
 
 from itdr_batch.engines.adapters import Adapter
-from itdr_batch.engines.base import Failure, Prompt, isolate, too_long
+from itdr_batch.engines.base import Failure, Prompt, TokenCounts, isolate, too_long
 from itdr_batch.engines.config import EngineConfig
+from itdr_batch.engines.tree import Trees, build_trees, row_length
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Continuation rows scored per forward pass are capped so their logits stay under this many floats.
+# Output-layer rows per pass are capped so their logits stay under this many floats.
 LOGITS_BUDGET = 64 * 1024 * 1024
 
 
 class HfEngine:
     name = "hf"
+    likelihood_path = "shared-prefix tree: each prompt and all of its answers in one pass"
+    likelihood_refusal: str | None = None
 
     def __init__(
         self, config: EngineConfig, adapters: Sequence[Adapter], model: Any | None = None
@@ -34,12 +36,15 @@ class HfEngine:
         if model is None:
             model = _load(config, adapters)
         self._model = model.eval()
+        # The transformers model under PEFT's wrapper (its LoRA layers apply from inside).
+        self._causal = model.get_base_model() if hasattr(model, "get_base_model") else model
         self._device = next(model.parameters()).device
         self._generation = GenerationConfig.from_model_config(model.config)
         self._pad = 0
         self.max_model_len = config.max_model_len
         self.adapters = {a.name: a for a in adapters}
         self._batch_tokens = config.batch_tokens
+        self.tokens = TokenCounts()
 
     def generate(self, prompts: Sequence[Prompt], max_tokens: int) -> list[list[int] | Failure]:
         eos = self._generation.eos_token_id
@@ -47,6 +52,7 @@ class HfEngine:
 
         def run(batch: list[int]) -> list[list[int]]:
             ids, mask, _ = self._left_padded([prompts[i] for i in batch])
+            self._count(ids, mask)
             out = self._model.generate(
                 input_ids=ids,
                 attention_mask=mask,
@@ -61,7 +67,7 @@ class HfEngine:
                 results.append(row[:end])
             return results
 
-        return self._batched(prompts, max_tokens, run)
+        return self._batched(prompts, [max_tokens] * len(prompts), run)
 
     def next_token_logprobs(
         self, prompts: Sequence[Prompt], token_ids: Sequence[int]
@@ -70,25 +76,29 @@ class HfEngine:
 
         def run(batch: list[int]) -> list[list[float]]:
             ids, mask, positions = self._left_padded([prompts[i] for i in batch])
+            self._count(ids, mask)
             logits = self._model(
                 input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1
             ).logits[:, -1]
             scores: list[list[float]] = torch.log_softmax(logits.float(), -1)[:, wanted].tolist()
             return scores
 
-        return self._batched(prompts, 1, run)
+        return self._batched(prompts, [1] * len(prompts), run)
 
     def continuation_logprobs(
         self, prompts: Sequence[Prompt], continuations: Sequence[Sequence[Sequence[int]]]
     ) -> list[list[list[float]] | Failure]:
-        longest = max((len(c) for cs in continuations for c in cs), default=0)
+        # The same length limit as vLLM's, which samples one token after prompt + answer.
+        longest = [max((len(c) for c in cs), default=0) + 1 for cs in continuations]
+        sizes = [row_length(p.ids, cs) for p, cs in zip(prompts, continuations, strict=True)]
 
         def run(batch: list[int]) -> list[list[list[float]]]:
-            return self._score_answers(
-                [prompts[i] for i in batch], [continuations[i] for i in batch]
+            trees = build_trees(
+                [prompts[i].ids for i in batch], [continuations[i] for i in batch], self._pad
             )
+            return trees.split(self._tree_scores(trees))
 
-        return self._batched(prompts, longest + 1, run)
+        return self._batched(prompts, longest, run, sizes)
 
     def forget(self) -> None:
         """Nothing outlives a call here."""
@@ -96,53 +106,38 @@ class HfEngine:
     def close(self) -> None:
         del self._model
 
-    def _score_answers(
-        self, batch: list[Prompt], answers: list[Sequence[Sequence[int]]]
-    ) -> list[list[list[float]]]:
-        ids, mask, positions = self._left_padded(batch)
-        out = self._model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
+    def _tree_scores(self, trees: Trees) -> list[float]:
+        """Each answer token's log-probability, in ``trees.targets`` order."""
+        ids, positions, mask, rows, columns, reads, targets = self._on_device(
+            trees.input_ids,
+            trees.position_ids,
+            trees.mask,
+            trees.rows,
+            trees.columns,
+            trees.reads,
+            trees.targets,
         )
-        first = torch.log_softmax(out.logits[:, -1].float(), -1)
-        cache = out.past_key_values
-        rows = [(u, list(a)) for u, user_answers in enumerate(answers) for a in user_answers]
-        scores: list[list[float]] = []
-        width = max((len(a) for _, a in rows), default=0)
-        per_pass = max(1, LOGITS_BUDGET // (max(width, 1) * first.shape[-1]))
-        for start in range(0, len(rows), per_pass):
-            part = rows[start : start + per_pass]
-            users = torch.tensor([u for u, _ in part], device=self._device)
-            tokens = torch.full((len(part), width), self._pad)
-            cont_mask = torch.zeros((len(part), width), dtype=mask.dtype)
-            for r, (_, answer) in enumerate(part):
-                tokens[r, : len(answer)] = torch.tensor(answer)
-                cont_mask[r, : len(answer)] = 1
-            tokens, cont_mask = self._on_device(tokens, cont_mask)
-            shared = copy.deepcopy(cache)
-            shared.batch_select_indices(users)
-            lengths = mask[users].sum(-1, keepdim=True)
-            logits = self._model(
-                input_ids=tokens,
-                attention_mask=torch.cat([mask[users], cont_mask], -1),
-                position_ids=lengths + torch.arange(width, device=self._device),
-                past_key_values=shared,
-            ).logits
-            logprobs = torch.log_softmax(logits.float(), -1)
-            # Token j of an answer is predicted at position j - 1; token 0 by the prompt's end.
-            heads = first[users, tokens[:, 0]].tolist()
-            rest = logprobs[:, :-1].gather(-1, tokens[:, 1:, None]).squeeze(-1).tolist()
-            for r, (_, answer) in enumerate(part):
-                scores.append([heads[r], *rest[r][: len(answer) - 1]] if answer else [])
-        grouped: list[list[list[float]]] = []
-        pos = 0
-        for user_answers in answers:
-            grouped.append(scores[pos : pos + len(user_answers)])
-            pos += len(user_answers)
-        return grouped
+        self.tokens.sent += trees.sent
+        self.tokens.computed += trees.tokens
+        dtype = self._causal.dtype
+        # Additive, as every attention implementation reads it (sdpa, eager).
+        bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+        bias.masked_fill_(~mask, torch.finfo(dtype).min)
+        hidden = self._causal.get_decoder()(
+            input_ids=ids, attention_mask=bias, position_ids=positions, use_cache=False
+        ).last_hidden_state[rows, columns]
+        head = self._causal.get_output_embeddings()
+        scores = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
+        per_pass = max(1, LOGITS_BUDGET // head.out_features)
+        for start in range(0, len(hidden), per_pass):
+            logprobs = torch.log_softmax(head(hidden[start : start + per_pass]).float(), -1)
+            mine = (reads >= start) & (reads < start + per_pass)
+            scores[mine] = logprobs[reads[mine] - start, targets[mine]]
+        return scores.tolist()
+
+    def _count(self, ids: torch.Tensor, mask: torch.Tensor) -> None:
+        self.tokens.sent += int(mask.sum())
+        self.tokens.computed += ids.numel()
 
     def _left_padded(self, batch: list[Prompt]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         width = max(len(p.ids) for p in batch)
@@ -156,26 +151,37 @@ class HfEngine:
         return ids, mask, positions
 
     def _batched(
-        self, prompts: Sequence[Prompt], extra: int, run: Callable[[list[int]], list[Any]]
+        self,
+        prompts: Sequence[Prompt],
+        extra: Sequence[int],
+        run: Callable[[list[int]], list[Any]],
+        sizes: Sequence[int] | None = None,
     ) -> list[Any]:
-        """Run per adapter over length-sorted batches; too-long and failing requests fail alone."""
-        results: list[Any] = [too_long(p, extra, self.max_model_len) for p in prompts]
+        """Run per adapter over length-sorted batches; too-long and failing requests fail alone.
+
+        ``extra``: positions each request needs past its prompt; ``sizes``: each request's tokens
+        in the forward pass (default: its prompt's).
+        """
+        results: list[Any] = [
+            too_long(p, n, self.max_model_len) for p, n in zip(prompts, extra, strict=True)
+        ]
         runnable = [i for i, r in enumerate(results) if r is None]
-        for indices in self._batches(prompts, runnable):
+        lengths = [len(p.ids) for p in prompts] if sizes is None else sizes
+        for indices in self._batches(prompts, lengths, runnable):
             with torch.inference_mode(), self._adapter(prompts[indices[0]].adapter):
                 for i, value in zip(indices, isolate(run, indices), strict=True):
                     results[i] = value
         return results
 
-    def _batches(self, prompts: Sequence[Prompt], indices: list[int]) -> Iterator[list[int]]:
-        order = sorted(indices, key=lambda i: (prompts[i].adapter or "", len(prompts[i].ids)))
+    def _batches(
+        self, prompts: Sequence[Prompt], lengths: Sequence[int], indices: list[int]
+    ) -> Iterator[list[int]]:
+        order = sorted(indices, key=lambda i: (prompts[i].adapter or "", lengths[i]))
         batch: list[int] = []
         for i in order:
             candidate = [*batch, i]
             same_adapter = not batch or prompts[batch[0]].adapter == prompts[i].adapter
-            if batch and (
-                not same_adapter or len(prompts[i].ids) * len(candidate) > self._batch_tokens
-            ):
+            if batch and (not same_adapter or lengths[i] * len(candidate) > self._batch_tokens):
                 yield batch
                 candidate = [i]
             batch = candidate

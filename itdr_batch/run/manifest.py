@@ -87,6 +87,17 @@ class Throughput(Record):
     prompt_tokens: int
 
 
+class EngineTokens(Record):
+    """Prompt-side tokens the engine handled over the run (``TokenCounts``): sent in requests,
+    served from a prefix cache, computed; ``computed`` per token of the prompts themselves is
+    what the scoring modes cost beyond reading each prompt once (1.0)."""
+
+    sent: int
+    cached: int
+    computed: int
+    computed_per_prompt_token: float | None
+
+
 class Manifest(Record):
     """A complete run: written last, so its presence means the run's files are all there."""
 
@@ -101,8 +112,11 @@ class Manifest(Record):
     model: ModelEntry | None
     adapters: list[AdapterEntry]
     engine: str | None
+    # task -> how its mode ran on the engine (``Scorer.path``): the path each engine takes.
+    scoring_paths: dict[str, str] = {}
+    engine_tokens: EngineTokens | None = None
     versions: dict[str, str]
-    # task -> file name, and "rejects".
+    # task -> file name, "rejects", and a dry run's batch requests ("<task>.jsonl" -> itself).
     files: dict[str, str]
     # task -> template fields its prompts show without: the items lack them (README, "Prompts
     # and candidates").
@@ -135,6 +149,10 @@ class UnitRecord(Record):
     prompt_tokens: int
     # What prompt building left out of the unit's prompts, by kind.
     left_out: dict[str, int] = {}
+    # The engine's ``TokenCounts`` added while scoring the unit; empty in a dry run.
+    engine_tokens: dict[str, int] = {}
+    # ``Scorer.path`` when the unit was scored.
+    path: str | None = None
     build_s: float
     score_s: float
 

@@ -24,6 +24,7 @@ from itdr_batch.prompts.templates import DOMAINS
 from itdr_batch.run.config import DEFAULT_DOMAIN, JobConfig
 from itdr_batch.run.manifest import AdapterEntry, FileIdentity, ModelEntry
 from itdr_batch.tables.load import load_interactions, load_item_shard, load_items, load_users
+from itdr_batch.tables.shard import load_item_counts
 from itdr_batch.tasks import Task, spec
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,8 @@ class Plan:
     shard: pl.LazyFrame
     n_rows: int
     inputs: dict[str, FileIdentity]
-    # Interactions per item over the whole table (popularity sampling), else None.
+    # Interactions per item over the whole table (popularity sampling; ``data.item_counts``
+    # when set, counted from the table otherwise), else None.
     item_counts: pl.DataFrame | None
     adapters: tuple[Adapter, ...]
     model: ModelEntry | None
@@ -127,8 +129,10 @@ def make_plan(config: JobConfig, users: Path, dry_run: bool) -> Plan:
     n_rows = shard.frame.select(pl.len()).collect().item()
     ids = Ids(key, shard.frame.collect_schema()[key], items_frame.schema["item_id"])
     counts = None
+    if config.data.item_counts is not None:
+        counts = load_item_counts(config.data.item_counts, items)
     ranking = any(spec(task).ranking for task in config.prompts.tasks)
-    if config.prompts.strategy == "popularity" and ranking:
+    if config.prompts.strategy == "popularity" and ranking and counts is None:
         counts = popularity_counts(interactions.frame)
     empty = shard.frame.head(0).collect()
     fallbacks: dict[str, list[str]] = {}
@@ -144,6 +148,8 @@ def make_plan(config: JobConfig, users: Path, dry_run: bool) -> Plan:
         "interactions": _file_identity(config.data.interactions),
         "items": _file_identity(config.data.items),
     }
+    if config.data.item_counts is not None:
+        inputs["item_counts"] = _file_identity(config.data.item_counts)
     adapters: list[Adapter] = []
     model = tokenizer = None
     if model_path is not None:

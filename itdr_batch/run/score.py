@@ -9,7 +9,7 @@ text where no fallback exists) are rejected after it.
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import polars as pl
 
@@ -60,10 +60,12 @@ def score_unit(plan: Plan, scorers: dict[str, Scorer], built: Built) -> ScoredUn
     refused = built.prompts.filter(pl.col("reason").is_not_null()).select(
         key, "reason", detail=pl.lit(None, pl.String)
     )
-    if not plan.dry_run:
+    engine = None if plan.dry_run else scorers[task].engine
+    if engine is not None:
         # A cold prefix cache per unit: its floats then depend on its own prompts only (a cached
         # prefix runs other kernels), so a resumed run writes the uninterrupted run's rows.
-        scorers[task].engine.forget()
+        engine.forget()
+        engine_before = replace(engine.tokens)
     results, rejects = [], []
     scored: dict[str, int] = {}
     rejected: dict[str, dict[str, int]] = {}
@@ -103,6 +105,8 @@ def score_unit(plan: Plan, scorers: dict[str, Scorer], built: Built) -> ScoredUn
         prompts=prompts,
         prompt_tokens=prompt_tokens,
         left_out=_left_out(built.prompts),
+        engine_tokens={} if engine is None else engine.tokens.since(engine_before),
+        path=None if plan.dry_run else scorers[task].path,
         build_s=built.seconds,
         score_s=time.perf_counter() - started,
     )

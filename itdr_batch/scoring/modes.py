@@ -186,6 +186,15 @@ class Scorer:
                     )
                 self._label_ids.append(ids[0])
 
+    @property
+    def path(self) -> str:
+        """How this mode runs on the engine, in words (a run's manifest shows it per task)."""
+        if self.mode is Mode.LIKELIHOOD:
+            return f"likelihood, {self.engine.name}: {self.engine.likelihood_path}"
+        if self.mode is Mode.LABEL:
+            return f"label, {self.engine.name}: one next-token pass over the rating tokens"
+        return f"generate, {self.engine.name}: greedy decoding"
+
     def score(self, rows: Sequence[Row]) -> list[Scored]:
         unknown = {r.adapter for r in rows} - {None, *self.engine.adapters}
         if unknown:

@@ -1,0 +1,196 @@
+"""The run's interactions extract (``itdr_batch.run.extract``): each batch reads its own rows'
+interactions, cut from the table once, and the prompts equal those built from the whole table,
+whatever the log's order, the batch size, the sharding or the id type; a run killed while cutting
+resumes to the same rows."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+from helpers import Canonical, WriteJob
+from polars.testing import assert_frame_equal
+
+from itdr_batch.prompts.build import build_prompts
+from itdr_batch.run.config import load_config
+from itdr_batch.run.extract import EXTRACT, IDENTITY
+from itdr_batch.run.job import run_job
+from itdr_batch.run.plan import make_plan
+from itdr_batch.tables.shard import split_users
+from itdr_batch.tasks import Task
+
+ITDR_BATCH = Path(sys.executable).parent / "itdr-batch"
+TASKS = (Task.TKR, Task.RP, Task.NIR)
+COMPARED = ("prompt", "candidates", "held_out_item_id", "held_out_position", "target_item_id")
+
+
+def shuffled(movielens: Canonical, folder: Path) -> Canonical:
+    """The same interactions in a random row order (ties in time then break differently)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "interactions.parquet"
+    pl.read_parquet(movielens.interactions).sample(
+        fraction=1.0, shuffle=True, seed=3
+    ).write_parquet(path)
+    return Canonical(path, movielens.items, movielens.users)
+
+
+def spread_users(movielens: Canonical, folder: Path, n: int = 40) -> Path:
+    """Every 7th user of the log, in descending order: not the log's order, not contiguous."""
+    ids = pl.read_parquet(movielens.interactions, columns=["user_id"])["user_id"].unique().sort()
+    users = ids.gather_every(7).head(n).reverse().to_frame()
+    path = folder / "users.parquet"
+    users.write_parquet(path)
+    return path
+
+
+def whole_table_prompts(job: Path, users: Path, task: Task) -> pl.DataFrame:
+    """The library's prompts for all users at once from the whole interactions table."""
+    plan = make_plan(load_config(job), users, dry_run=True)
+    rows = pl.read_parquet(users)
+    interactions = plan.interactions.collect()
+    config = plan.config.prompt_config(task)
+    built = build_prompts(rows, interactions, plan.items, config, plan.item_counts)
+    return built.filter(pl.col("prompt").is_not_null())
+
+
+def dry_run(job: Path, users: Path, out: Path, **overrides: object) -> dict[str, pl.DataFrame]:
+    run_job(load_config(job, dict(overrides)), users, out, dry_run=True)
+    manifest = json.loads((out / "_manifest.json").read_text())
+    return {name: pl.read_parquet(out / file) for name, file in manifest["files"].items()}
+
+
+def assert_same_prompts(ours: pl.DataFrame, theirs: pl.DataFrame) -> None:
+    shared = set(ours.columns) & set(theirs.columns)
+    columns = ["user_id", *(c for c in COMPARED if c in shared)]
+    assert_frame_equal(ours.select(columns), theirs.select(columns), check_dtypes=False)
+
+
+@pytest.mark.parametrize("order", ["sorted", "shuffled"])
+def test_dry_runs_equal_the_whole_table_prompts(
+    write_job: WriteJob, movielens: Canonical, tmp_path: Path, order: str
+) -> None:
+    data = movielens if order == "sorted" else shuffled(movielens, tmp_path / "log")
+    job = write_job(
+        tmp_path,
+        data={"interactions": str(data.interactions)},
+        prompts={"tasks": list(TASKS), "strategy": "popularity"},
+    )
+    users = spread_users(movielens, tmp_path)
+    expected = {task: whole_table_prompts(job, users, task) for task in TASKS}
+    for size in (1, 7, 1000):
+        files = dry_run(job, users, tmp_path / f"out-{size}", **{"scoring.batch_size": size})
+        for task in TASKS:
+            assert_same_prompts(files[task], expected[task])
+        assert not (tmp_path / f"out-{size}" / "_parts").exists()
+
+
+def test_shards_together_equal_one_run(
+    write_job: WriteJob, movielens: Canonical, tmp_path: Path
+) -> None:
+    job = write_job(tmp_path, prompts={"tasks": list(TASKS)})
+    users = spread_users(movielens, tmp_path)
+    whole = dry_run(job, users, tmp_path / "whole", **{"scoring.batch_size": 3})
+    for count in (2, 5):
+        paths = split_users(users, count, tmp_path / f"shards-{count}")
+        parts = [
+            dry_run(job, path, tmp_path / f"run-{count}-{i}", **{"scoring.batch_size": 3})
+            for i, path in enumerate(paths)
+        ]
+        for task in TASKS:
+            together = pl.concat([p[task] for p in parts]).sort("user_id")
+            assert_same_prompts(together, whole[task].sort("user_id"))
+
+
+def test_string_ids_equal_the_whole_table_prompts(
+    write_job: WriteJob, movielens: Canonical, tmp_path: Path
+) -> None:
+    """User and item ids as strings (own random streams: the stable hash reads their bytes)."""
+    folder = tmp_path / "strings"
+    folder.mkdir()
+    as_text = [pl.col("user_id").cast(pl.String), pl.col("item_id").cast(pl.String)]
+    interactions = folder / "interactions.parquet"
+    pl.read_parquet(movielens.interactions).with_columns(as_text).write_parquet(interactions)
+    items = folder / "items.parquet"
+    pl.read_parquet(movielens.items).with_columns(as_text[1]).write_parquet(items)
+    users = folder / "users.parquet"
+    pl.read_parquet(spread_users(movielens, tmp_path)).with_columns(as_text[0]).write_parquet(users)
+    data: dict[str, object] = {"interactions": str(interactions), "items": str(items)}
+    job = write_job(folder, data=data, prompts={"tasks": list(TASKS)})
+    files = dry_run(job, users, tmp_path / "out", **{"scoring.batch_size": 6})
+    for task in TASKS:
+        assert files[task].schema["user_id"] == pl.String
+        assert_same_prompts(files[task], whole_table_prompts(job, users, task))
+
+
+def test_a_shard_whose_users_have_no_interactions(write_job: WriteJob, tmp_path: Path) -> None:
+    job = write_job(tmp_path, prompts={"tasks": list(TASKS)})
+    users = tmp_path / "strangers.parquet"
+    pl.DataFrame({"user_id": [10**9, 10**9 + 1, 10**9 + 2]}).write_parquet(users)
+    files = dry_run(job, users, tmp_path / "out", **{"scoring.batch_size": 2})
+    for task in TASKS:
+        assert files[task].height == 0
+    rejects = files["rejects"]
+    assert rejects.height == 3 * len(TASKS)
+    assert set(rejects["reason"].cast(pl.String)) == {"unknown_user"}
+
+
+def test_a_stale_or_partial_extract_is_cut_again(
+    write_job: WriteJob, movielens: Canonical, tmp_path: Path
+) -> None:
+    """What a run killed while cutting (or one cut for another run) leaves is never read."""
+    job = write_job(tmp_path, prompts={"tasks": ["tkr"]})
+    users = spread_users(movielens, tmp_path)
+    fresh = dry_run(job, users, tmp_path / "fresh", **{"scoring.batch_size": 4})
+    out = tmp_path / "stale"
+    parts = out / "_parts"
+    (parts / f".{EXTRACT}.tmp" / "__batch=0").mkdir(parents=True)
+    stale = parts / EXTRACT / "__batch=0"
+    stale.mkdir(parents=True)
+    pl.read_parquet(movielens.interactions).head(0).write_parquet(stale / "00000000.parquet")
+    (parts / EXTRACT / IDENTITY).write_text(json.dumps({"run_id": "another run"}))
+    again = dry_run(job, users, out, **{"scoring.batch_size": 4})
+    assert_same_prompts(again["tkr"], fresh["tkr"])
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_cutting_resumes_to_the_same_rows(
+    write_job: WriteJob, movielens: Canonical, tmp_path: Path
+) -> None:
+    """SIGKILL while the extract is being written (a log replicated to ~5M interactions, so
+    cutting takes a while), then the same command: the rows of an uninterrupted run."""
+    log = pl.read_parquet(movielens.interactions)
+    copies = [log.with_columns(pl.col("user_id") + k * 10_000_000) for k in range(50)]
+    big = tmp_path / "big"
+    big.mkdir()
+    pl.concat(copies).write_parquet(big / "interactions.parquet")
+    users = spread_users(
+        Canonical(big / "interactions.parquet", movielens.items, movielens.users), big, n=400
+    )
+    job = write_job(
+        big,
+        data={"interactions": str(big / "interactions.parquet")},
+        prompts={"tasks": ["tkr"]},
+        scoring={"batch_size": 50},
+    )
+    args = [ITDR_BATCH, "score", "--dry-run", "--users", users, "--config", job]
+    out = tmp_path / "killed"
+    process = subprocess.Popen(
+        [*map(str, args), "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    cutting = out / "_parts" / f".{EXTRACT}.tmp"
+    deadline = time.monotonic() + 120
+    while not cutting.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert cutting.exists(), "the run ended before it was seen cutting"
+    assert not (out / "_manifest.json").exists()
+    subprocess.run([*map(str, args), "--out", str(out)], check=True, capture_output=True)
+    whole = dry_run(job, users, tmp_path / "whole")
+    resumed = pl.read_parquet(out / "tkr.parquet")
+    assert_same_prompts(resumed, whole["tkr"])
