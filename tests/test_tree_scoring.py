@@ -57,8 +57,8 @@ def bf16_engine(tiny: Tiny) -> Iterator[Engine]:
 
 
 def test_the_mask_shows_each_answer_the_prompt_and_its_own_past_only() -> None:
-    trees = build_trees([[1, 2]], [[[3, 4], [5]]], pad=0)
-    # Columns: prompt 1 2 | answer a: 3 4 | answer b: 5
+    trees = build_trees([[1, 2]], [[[3, 4, 6], [5, 7]]], pad=0)
+    # Columns: prompt 1 2 | answer a: 3 4 | answer b: 5 (last tokens are only predicted).
     expected = torch.tensor(
         [
             [1, 0, 0, 0, 0],
@@ -69,12 +69,22 @@ def test_the_mask_shows_each_answer_the_prompt_and_its_own_past_only() -> None:
         ],
         dtype=torch.bool,
     )
+    assert trees.input_ids[0].tolist() == [1, 2, 3, 4, 5]
     assert torch.equal(trees.mask[0, 0], expected)
     assert trees.position_ids[0].tolist() == [0, 1, 2, 3, 2]
-    # Read: the prompt's end (both first tokens) and answer a's first token (its second).
-    assert list(zip(trees.rows.tolist(), trees.columns.tolist(), strict=True)) == [(0, 1), (0, 2)]
-    assert trees.reads.tolist() == [0, 1, 0]
-    assert trees.targets.tolist() == [3, 4, 5]
+    # Read: the prompt's end (both first tokens), then a's tokens 3 and 4, then b's 5.
+    pairs = list(zip(trees.rows.tolist(), trees.columns.tolist(), strict=True))
+    assert pairs == [(0, 1), (0, 2), (0, 3), (0, 4)]
+    assert trees.reads.tolist() == [0, 1, 2, 0, 3]
+    assert trees.targets.tolist() == [3, 4, 6, 5, 7]
+    assert trees.sent == 7
+
+
+def test_one_token_answers_add_no_tokens() -> None:
+    trees = build_trees([[1, 2, 3]], [[[4], [5], [6]]], pad=0)
+    assert trees.input_ids.tolist() == [[1, 2, 3]]
+    assert trees.reads.tolist() == [0, 0, 0]
+    assert trees.targets.tolist() == [4, 5, 6]
 
 
 def test_padding_is_never_seen_and_never_sees_nothing() -> None:

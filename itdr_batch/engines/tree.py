@@ -1,11 +1,12 @@
 """Shared-prefix trees: a prompt and all of its answers scored in one sequence.
 
-A user's row is the prompt's tokens followed by every candidate's answer tokens. Each answer
-attends to the prompt and to its own earlier tokens only, and its positions continue from the
-prompt's end, so every answer token sees exactly what it would see in ``prompt + answer``: the
-log-probabilities equal the per-candidate forward's, for the cost of one pass over the prompt
-plus the answers. Only the positions that predict an answer token are needed from the output
-layer: the prompt's last position (every answer's first token) and each answer token but the last.
+A user's row is the prompt's tokens followed by every candidate's answer tokens but the last (a
+last token is only predicted, never read: nothing needs its hidden state). Each answer attends to
+the prompt and to its own earlier tokens only, and its positions continue from the prompt's end,
+so every answer token sees exactly what it would see in ``prompt + answer``: the log-probabilities
+equal the per-candidate forward's, for the cost of one pass over the prompt plus the answers.
+Only the positions that predict an answer token are needed from the output layer: the prompt's
+last position (every answer's first token) and each answer token in the row.
 """
 
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ class Trees:
     targets: torch.Tensor
     # Per prompt, per answer: the number of its tokens (their scores follow in that order).
     lengths: list[list[int]]
-    # Prompt and answer tokens, padding excluded.
+    # The requests' tokens: the prompts' and all of the answers'.
     sent: int
 
     @property
@@ -55,8 +56,8 @@ class Trees:
 
 
 def row_length(prompt: Sequence[int], answers: Sequence[Sequence[int]]) -> int:
-    """A tree's tokens: the prompt's plus every answer's."""
-    return len(prompt) + sum(len(a) for a in answers)
+    """A tree's tokens: the prompt's plus every answer's but its last."""
+    return len(prompt) + sum(max(len(a) - 1, 0) for a in answers)
 
 
 def build_trees(
@@ -84,8 +85,8 @@ def build_trees(
         prompt_end = len(rows) - 1
         start = p
         for j, answer in enumerate(user_answers):
-            n = len(answer)
-            ids[r, start : start + n] = torch.tensor(list(answer), dtype=torch.long)
+            n = max(len(answer) - 1, 0)
+            ids[r, start : start + n] = torch.tensor(list(answer[:n]), dtype=torch.long)
             positions[r, start : start + n] = torch.arange(p, p + n)
             segments[r, start : start + n] = j + 1
             for k, token in enumerate(answer):
@@ -108,7 +109,7 @@ def build_trees(
         reads=torch.tensor(reads, dtype=torch.long),
         targets=torch.tensor(targets, dtype=torch.long),
         lengths=lengths,
-        sent=sum(sizes),
+        sent=sum(len(p) + sum(map(len, a)) for p, a in zip(prompts, answers, strict=True)),
     )
 
 
