@@ -259,6 +259,7 @@ def test_bench_engines_writes_its_figures(tmp_path: Path) -> None:
     # A tree reads the prompt once plus its answers: more than a prefill, less than twice it.
     assert 1 < hf["computed_tokens_per_prompt_token"] < 2
     assert hf["likelihood_over_prefill"] > 0
+    assert hf["likelihood_over_prefill_base"] > 0
     assert hf["likelihood_path"].startswith("shared-prefix tree")
     assert figures["users"] == 2
     assert figures["model"] == "body"

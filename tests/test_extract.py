@@ -4,7 +4,6 @@ whatever the log's order, the batch size, the sharding or the id type; a run kil
 resumes to the same rows."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -179,16 +178,18 @@ def test_a_run_killed_while_cutting_resumes_to_the_same_rows(
     )
     args = [ITDR_BATCH, "score", "--dry-run", "--users", users, "--config", job]
     out = tmp_path / "killed"
-    process = subprocess.Popen(
-        [*map(str, args), "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    cutting = out / "_parts" / f".{EXTRACT}.tmp"
-    deadline = time.monotonic() + 120
-    while not cutting.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert cutting.exists(), "the run ended before it was seen cutting"
+    log_file = tmp_path / "killed.log"
+    with log_file.open("w") as log_out:
+        process = subprocess.Popen(
+            [*map(str, args), "--out", str(out)], stdout=log_out, stderr=subprocess.STDOUT
+        )
+        cutting = out / "_parts" / f".{EXTRACT}.tmp"
+        deadline = time.monotonic() + 120
+        while not cutting.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        process.send_signal(signal.SIGKILL)  # a no-op when it has already ended
+        process.wait()
+    assert cutting.exists(), f"the run ended before it was seen cutting:\n{log_file.read_text()}"
     assert not (out / "_manifest.json").exists()
     subprocess.run([*map(str, args), "--out", str(out)], check=True, capture_output=True)
     whole = dry_run(job, users, tmp_path / "whole")

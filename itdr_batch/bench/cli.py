@@ -130,7 +130,8 @@ def bench_engines(
     console.print(table)
     for name, modes in figures["engines"].items():
         console.print(
-            f"{name}: likelihood costs {modes['likelihood_over_prefill']:.2f}x one prefill "
+            f"{name}: likelihood costs {modes['likelihood_over_prefill']:.2f}x one prefill with "
+            f"the adapter, {modes['likelihood_over_prefill_base']:.2f}x on the base model "
             f"(goal <= {figures['likelihood_over_prefill_goal']}); {modes['likelihood_path']}",
             highlight=False,
         )

@@ -3,7 +3,8 @@
 Requests are grouped by adapter and bucketed by length (batches under a padded-token budget).
 Prompts are left-padded with explicit position ids, so padding never changes a score. Likelihood
 scoring runs each prompt and all of its answers as one shared-prefix tree (``engines.tree``):
-one pass over prompt plus answers, and the output layer only where an answer token is predicted.
+the prompt once, then its answers' trie on its KV cache, and the output layer only where an
+answer token is predicted.
 """
 
 from collections.abc import Callable, Iterator, Sequence
@@ -20,11 +21,14 @@ from itdr_batch.engines.tree import Trees, build_trees, row_length
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Output-layer rows per pass are capped so their logits stay under this many floats.
 LOGITS_BUDGET = 64 * 1024 * 1024
+# A batch is cut where its padding would pass this share of its tokens: requests of similar
+# length share a batch and an outlier starts its own, rather than padding the rest to its length.
+MAX_PADDING = 1 / 16
 
 
 class HfEngine:
     name = "hf"
-    likelihood_path = "shared-prefix tree: each prompt and all of its answers in one pass"
+    likelihood_path = "shared-prefix tree: each prompt once, then its answers' trie on its KV cache"
     likelihood_refusal: str | None = None
 
     def __init__(
@@ -107,25 +111,42 @@ class HfEngine:
         del self._model
 
     def _tree_scores(self, trees: Trees) -> list[float]:
-        """Each answer token's log-probability, in ``trees.targets`` order."""
-        ids, positions, mask, rows, columns, reads, targets = self._on_device(
-            trees.input_ids,
-            trees.position_ids,
-            trees.mask,
-            trees.rows,
-            trees.columns,
-            trees.reads,
-            trees.targets,
+        """Each answer token's log-probability, in ``trees.targets`` order: the prompts as a
+        prefill, then the trie nodes on the prompts' KV cache."""
+        prompt_ids, prompt_mask, prompt_positions = self._on_device(
+            trees.prompt_ids, trees.prompt_mask, trees.prompt_positions
         )
+        reads, targets = self._on_device(trees.reads, trees.targets)
         self.tokens.sent += trees.sent
         self.tokens.computed += trees.tokens
-        dtype = self._causal.dtype
-        # Additive, as every attention implementation reads it (sdpa, eager).
-        bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-        bias.masked_fill_(~mask, torch.finfo(dtype).min)
-        hidden = self._causal.get_decoder()(
-            input_ids=ids, attention_mask=bias, position_ids=positions, use_cache=False
-        ).last_hidden_state[rows, columns]
+        decoder = self._causal.get_decoder()
+        prompts = decoder(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            position_ids=prompt_positions,
+            use_cache=True,
+        )
+        hidden = prompts.last_hidden_state[:, -1]
+        if trees.node_ids.shape[1]:
+            node_ids, node_positions, node_mask, rows, columns = self._on_device(
+                trees.node_ids,
+                trees.node_positions,
+                trees.node_mask,
+                trees.node_rows,
+                trees.node_columns,
+            )
+            dtype = self._causal.dtype
+            # Additive, as every attention implementation reads it (sdpa, eager).
+            bias = torch.zeros(node_mask.shape, dtype=dtype, device=node_mask.device)
+            bias.masked_fill_(~node_mask, torch.finfo(dtype).min)
+            nodes = decoder(
+                input_ids=node_ids,
+                attention_mask=bias,
+                position_ids=node_positions,
+                past_key_values=prompts.past_key_values,
+                use_cache=True,
+            )
+            hidden = torch.cat([hidden, nodes.last_hidden_state[rows, columns]])
         head = self._causal.get_output_embeddings()
         scores = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
         per_pass = max(1, LOGITS_BUDGET // head.out_features)
@@ -167,26 +188,11 @@ class HfEngine:
         ]
         runnable = [i for i, r in enumerate(results) if r is None]
         lengths = [len(p.ids) for p in prompts] if sizes is None else sizes
-        for indices in self._batches(prompts, lengths, runnable):
+        for indices in batches(prompts, lengths, runnable, self._batch_tokens):
             with torch.inference_mode(), self._adapter(prompts[indices[0]].adapter):
                 for i, value in zip(indices, isolate(run, indices), strict=True):
                     results[i] = value
         return results
-
-    def _batches(
-        self, prompts: Sequence[Prompt], lengths: Sequence[int], indices: list[int]
-    ) -> Iterator[list[int]]:
-        order = sorted(indices, key=lambda i: (prompts[i].adapter or "", lengths[i]))
-        batch: list[int] = []
-        for i in order:
-            candidate = [*batch, i]
-            same_adapter = not batch or prompts[batch[0]].adapter == prompts[i].adapter
-            if batch and (not same_adapter or lengths[i] * len(candidate) > self._batch_tokens):
-                yield batch
-                candidate = [i]
-            batch = candidate
-        if batch:
-            yield batch
 
     def _on_device(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
         return [t.to(self._device) for t in tensors]
@@ -198,6 +204,30 @@ class HfEngine:
             return self._model.disable_adapter()  # type: ignore[no-any-return]
         self._model.set_adapter(self.adapters[name].key)
         return nullcontext()
+
+
+def batches(
+    prompts: Sequence[Prompt], lengths: Sequence[int], indices: list[int], budget: int
+) -> Iterator[list[int]]:
+    """Length-sorted batches of one adapter: at most ``budget`` tokens padded, padding at most
+    MAX_PADDING of them (a request longer than the budget runs alone)."""
+    order = sorted(indices, key=lambda i: (prompts[i].adapter or "", lengths[i]))
+    batch: list[int] = []
+    real = 0
+    for i in order:
+        # Ascending lengths: request i sets the batch's width.
+        padded = lengths[i] * (len(batch) + 1)
+        if batch and not (
+            prompts[batch[0]].adapter == prompts[i].adapter
+            and padded <= budget
+            and padded - real - lengths[i] <= MAX_PADDING * padded
+        ):
+            yield batch
+            batch, real = [], 0
+        batch.append(i)
+        real += lengths[i]
+    if batch:
+        yield batch
 
 
 def _load(config: EngineConfig, adapters: Sequence[Adapter]) -> Any:

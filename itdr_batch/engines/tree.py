@@ -1,126 +1,155 @@
-"""Shared-prefix trees: a prompt and all of its answers scored in one sequence.
+"""Shared-prefix trees: a prompt and all of its answers scored in one pass over each.
 
-A user's row is the prompt's tokens followed by every candidate's answer tokens but the last (a
-last token is only predicted, never read: nothing needs its hidden state). Each answer attends to
-the prompt and to its own earlier tokens only, and its positions continue from the prompt's end,
-so every answer token sees exactly what it would see in ``prompt + answer``: the log-probabilities
-equal the per-candidate forward's, for the cost of one pass over the prompt plus the answers.
-Only the positions that predict an answer token are needed from the output layer: the prompt's
-last position (every answer's first token) and each answer token in the row.
+A user's answers are merged into a trie (TKR's all begin with ``1. ``, many titles with ``The``):
+each distinct (prefix, token) is one node, scored once. The prompts run first, as in a prefill
+(left-padded, causal); then every prompt's trie nodes that have children run as one block on the
+prompts' KV cache: each node attends to its prompt and to its own ancestors only, and its position
+continues from the prompt's end by its depth, so every answer token sees exactly what it would see
+in ``prompt + answer``, and the log-probabilities equal the per-candidate forward's. A leaf (an
+answer's last token) is only predicted, never read, so it is not run. The cost is one prefill plus
+the answers' distinct prefixes, and the nodes' attention reads the prompt's keys without the
+prompt ever attending to the nodes. Only the positions that predict a node reach the output layer:
+the prompt's last (the roots) and each node that was run.
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-# Segment of prompt tokens and of padding in a row; answer j is segment j + 1.
-PROMPT, PADDING = 0, -1
+
+@dataclass(frozen=True)
+class Trie:
+    """One prompt's answers as nodes in creation order (a parent before its children)."""
+
+    parents: list[int]  # -1: a root, predicted by the prompt's last position
+    tokens: list[int]
+    depths: list[int]
+    paths: list[list[int]]  # per answer, its nodes
+
+    @staticmethod
+    def of(answers: Sequence[Sequence[int]]) -> "Trie":
+        trie = Trie([], [], [], [])
+        index: dict[tuple[int, int], int] = {}
+        for answer in answers:
+            path: list[int] = []
+            parent = -1
+            for token in answer:
+                node = index.get((parent, token))
+                if node is None:
+                    node = index[(parent, token)] = len(trie.tokens)
+                    trie.parents.append(parent)
+                    trie.tokens.append(token)
+                    trie.depths.append(len(path))
+                path.append(node)
+                parent = node
+            trie.paths.append(path)
+        return trie
+
+    def inner(self) -> list[int]:
+        """The nodes with children: the only ones whose hidden state is read."""
+        return sorted(set(self.parents) - {-1})
 
 
 @dataclass(frozen=True)
 class Trees:
-    """A batch of trees, one row per prompt, right-padded to the longest row."""
+    """A batch of trees: its prompts (left-padded) and its nodes (right-padded), one row each."""
 
-    input_ids: torch.Tensor
-    position_ids: torch.Tensor
-    # (rows, 1, width, width), True where a query (dim 2) may attend to a key (dim 3).
-    mask: torch.Tensor
-    # The hidden states the output layer reads: (row, column) of each, once.
-    rows: torch.Tensor
-    columns: torch.Tensor
-    # Per answer token: which of those hidden states predicts it, and the token.
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor  # 1 on the prompt's tokens, 0 on padding
+    prompt_positions: torch.Tensor
+    node_ids: torch.Tensor
+    node_positions: torch.Tensor
+    # (rows, 1, nodes, prompt width + nodes): True where a node (dim 2) may attend to a key of
+    # the prompt's KV cache or of the node block (dim 3).
+    node_mask: torch.Tensor
+    # The node hidden states the output layer reads, once each: (row, column) in the node block.
+    node_rows: torch.Tensor
+    node_columns: torch.Tensor
+    # Per trie node: which hidden state predicts it (``r`` < rows: row r's prompt's last; then
+    # ``rows + k``: the k-th node read) and its token.
     reads: torch.Tensor
     targets: torch.Tensor
-    # Per prompt, per answer: the number of its tokens (their scores follow in that order).
-    lengths: list[list[int]]
+    # Per prompt, per answer: its nodes' indices in ``targets``.
+    paths: list[list[list[int]]]
     # The requests' tokens: the prompts' and all of the answers'.
     sent: int
 
     @property
     def tokens(self) -> int:
-        """Tokens in the forward pass, padding included."""
-        return self.input_ids.numel()
+        """Tokens run through the model, padding included."""
+        return self.prompt_ids.numel() + self.node_ids.numel()
 
     def split(self, scores: list[float]) -> list[list[list[float]]]:
-        """Flat per-token scores (in ``targets`` order) back into prompts and answers."""
-        out: list[list[list[float]]] = []
-        pos = 0
-        for answers in self.lengths:
-            mine = []
-            for n in answers:
-                mine.append(scores[pos : pos + n])
-                pos += n
-            out.append(mine)
-        return out
+        """Per-node scores (in ``targets`` order) back into prompts and answers."""
+        return [[[scores[n] for n in path] for path in answers] for answers in self.paths]
 
 
 def row_length(prompt: Sequence[int], answers: Sequence[Sequence[int]]) -> int:
-    """A tree's tokens: the prompt's plus every answer's but its last."""
-    return len(prompt) + sum(max(len(a) - 1, 0) for a in answers)
+    """A tree's tokens: the prompt's plus its trie's nodes that have children."""
+    return len(prompt) + len(Trie.of(answers).inner())
 
 
 def build_trees(
     prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[Sequence[int]]], pad: int
 ) -> Trees:
     """One row per prompt; ``answers[i]`` are prompt i's continuations (each may be empty)."""
-    sizes = [row_length(p, a) for p, a in zip(prompts, answers, strict=True)]
-    width = max(sizes, default=0)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    positions = torch.zeros((len(prompts), width), dtype=torch.long)
-    segments = torch.full((len(prompts), width), PADDING, dtype=torch.long)
-    rows: list[int] = []
-    columns: list[int] = []
+    rows = len(prompts)
+    tries = [Trie.of(a) for a in answers]
+    inners = [t.inner() for t in tries]
+    width = max(map(len, prompts), default=0)
+    nodes = max(map(len, inners), default=0)
+    prompt_ids = torch.full((rows, width), pad, dtype=torch.long)
+    prompt_mask = torch.zeros((rows, width), dtype=torch.long)
+    prompt_positions = torch.zeros((rows, width), dtype=torch.long)
+    node_ids = torch.full((rows, nodes), pad, dtype=torch.long)
+    node_positions = torch.zeros((rows, nodes), dtype=torch.long)
+    node_mask = torch.zeros((rows, nodes, width + nodes), dtype=torch.bool)
+    node_rows: list[int] = []
+    node_columns: list[int] = []
     reads: list[int] = []
     targets: list[int] = []
-    lengths: list[list[int]] = []
-    for r, (prompt, user_answers) in enumerate(zip(prompts, answers, strict=True)):
-        p = len(prompt)
-        ids[r, :p] = torch.tensor(prompt, dtype=torch.long)
-        positions[r, :p] = torch.arange(p)
-        segments[r, :p] = PROMPT
-        # The prompt's last position predicts the first token of every answer.
-        rows.append(r)
-        columns.append(p - 1)
-        prompt_end = len(rows) - 1
-        start = p
-        for j, answer in enumerate(user_answers):
-            n = max(len(answer) - 1, 0)
-            ids[r, start : start + n] = torch.tensor(list(answer[:n]), dtype=torch.long)
-            positions[r, start : start + n] = torch.arange(p, p + n)
-            segments[r, start : start + n] = j + 1
-            for k, token in enumerate(answer):
-                if k == 0:
-                    reads.append(prompt_end)
-                else:
-                    # Token k is predicted by the hidden state of token k - 1.
-                    rows.append(r)
-                    columns.append(start + k - 1)
-                    reads.append(len(rows) - 1)
-                targets.append(token)
-            start += n
-        lengths.append([len(a) for a in user_answers])
+    paths: list[list[list[int]]] = []
+    for r, (prompt, trie, inner) in enumerate(zip(prompts, tries, inners, strict=True)):
+        p, m = len(prompt), len(inner)
+        prompt_ids[r, width - p :] = torch.tensor(prompt, dtype=torch.long)
+        prompt_mask[r, width - p :] = 1
+        prompt_positions[r, width - p :] = torch.arange(p)
+        # Every node row sees the prompt (padding rows too: none is fully masked, which is NaN
+        # in some attention kernels); nothing reads a padding row.
+        node_mask[r, :, width - p : width] = True
+        at = {node: k for k, node in enumerate(inner)}
+        ancestry = np.zeros((m, m), dtype=bool)  # row k: inner node k's ancestors and itself
+        read = {-1: r}
+        for k, node in enumerate(inner):
+            parent = trie.parents[node]
+            if parent != -1:
+                ancestry[k] = ancestry[at[parent]]
+            ancestry[k, k] = True
+            read[node] = rows + len(node_rows)
+            node_rows.append(r)
+            node_columns.append(k)
+        node_mask[r, :m, width : width + m] = torch.from_numpy(ancestry)
+        node_ids[r, :m] = torch.tensor([trie.tokens[n] for n in inner], dtype=torch.long)
+        depths = [p + trie.depths[n] for n in inner]
+        node_positions[r, :m] = torch.tensor(depths, dtype=torch.long)
+        first = len(targets)
+        for parent, token in zip(trie.parents, trie.tokens, strict=True):
+            reads.append(read[parent])
+            targets.append(token)
+        paths.append([[first + n for n in path] for path in trie.paths])
     return Trees(
-        input_ids=ids,
-        position_ids=positions,
-        mask=tree_mask(segments),
-        rows=torch.tensor(rows, dtype=torch.long),
-        columns=torch.tensor(columns, dtype=torch.long),
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        prompt_positions=prompt_positions,
+        node_ids=node_ids,
+        node_positions=node_positions,
+        node_mask=node_mask[:, None],
+        node_rows=torch.tensor(node_rows, dtype=torch.long),
+        node_columns=torch.tensor(node_columns, dtype=torch.long),
         reads=torch.tensor(reads, dtype=torch.long),
         targets=torch.tensor(targets, dtype=torch.long),
-        lengths=lengths,
+        paths=paths,
         sent=sum(len(p) + sum(map(len, a)) for p, a in zip(prompts, answers, strict=True)),
     )
-
-
-def tree_mask(segments: torch.Tensor) -> torch.Tensor:
-    """Causal, and a key outside the prompt is seen only from its own segment.
-
-    Padding sees the prompt and itself, so no query row is fully masked (a fully masked softmax
-    row is NaN in some attention kernels); nothing real ever sees padding.
-    """
-    order = torch.arange(segments.shape[1])
-    causal = order[None, :] <= order[:, None]
-    keys, queries = segments[:, None, :], segments[:, :, None]
-    visible = (keys == PROMPT) | (keys == queries)
-    return (causal[None] & visible)[:, None]

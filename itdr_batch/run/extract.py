@@ -66,8 +66,8 @@ def extract(plan: Plan, parts: Path) -> Extract:
         .select(key, (pl.col(BATCH) // plan.batch_size).cast(pl.UInt32).alias(BATCH))
     )
     cut = plan.interactions.join(batches, on=key, how="inner", maintain_order="left")
+    tmp.mkdir(parents=True)  # first: the folder marks a cut in progress for its whole length
     cut.sink_parquet(pl.PartitionBy(tmp, key=BATCH, include_key=False), mkdir=True)
-    tmp.mkdir(parents=True, exist_ok=True)
     (tmp / IDENTITY).write_text(json.dumps(identity))
     tmp.rename(out)
     return Extract(out, schema)
