@@ -354,11 +354,14 @@ def evaluate_run(
 ) -> None:
     """Ranking, rating and text metrics of a run, next to random and popularity baselines."""
     from itdr_batch.evaluate import evaluate, render, write_json
+    from itdr_batch.position_bias import render_position_bias
 
     result = evaluate(run, interactions)
     path = json_path or run / "evaluation.json"
     write_json(result, path)
     console.print(render(result))
+    if bias := render_position_bias(result):
+        console.print(bias)
     console.print(f"written to {escape(str(path))}", highlight=False)
 
 

@@ -30,6 +30,7 @@ from sklearn.metrics import (
 
 from itdr_batch.errors import ItdrError
 from itdr_batch.hashing import files_digest
+from itdr_batch.position_bias import position_bias
 from itdr_batch.run.folder import MANIFEST
 from itdr_batch.run.manifest import AdapterCounts, Manifest, ManifestError, read_record
 from itdr_batch.scoring.parsing import normalise
@@ -288,6 +289,8 @@ def _ranking(
         "users": n,
         "failed": failed,
         "metrics": {name: _ranking_metrics(relevance, s) for name, s in scores.items()},
+        # Columns are presented positions: each user's candidates sorted by position above.
+        "position_bias": position_bias(relevance, present, scores),
     }
 
 

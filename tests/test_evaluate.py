@@ -477,3 +477,72 @@ def test_a_shard_runs_popularity_baseline_counts_the_whole_table(tmp_path: Path)
     counts.write_bytes(b"not the counts")
     with pytest.raises(EvaluationError, match="is not the run's item counts"):
         evaluate(run)
+
+
+# Position bias: hit rate and mean rank by the held-out item's presented position, and where
+# each scorer's top-ranked candidate stood.
+N, WIDTH = 2_000, 10
+
+
+def bias(result: dict[str, Any], adapter: str = "base") -> dict[str, Any]:
+    block: dict[str, Any] = result["tasks"]["tkr"][adapter]["position_bias"]
+    return block
+
+
+def test_a_model_that_always_picks_the_first_candidate_shows_it(tmp_path: Path) -> None:
+    labels = np.arange(N) % WIDTH
+    first = np.tile(-np.arange(WIDTH, dtype=float), (N, 1))
+    result = evaluate(write_run(tmp_path, {"tkr": ranking_frame(first, labels)}))
+    got = bias(result)
+    assert got["position"] == list(range(WIDTH))
+    assert got["users"] == [N // WIDTH] * WIDTH
+    assert got["model"]["hr@1"] == [1.0] + [0.0] * (WIDTH - 1)
+    assert got["model"]["mean_rank"] == [p + 1.0 for p in range(WIDTH)]
+    assert got["model"]["top1_share"] == [1.0] + [0.0] * (WIDTH - 1)
+    assert got["model"]["top1_uniform_p"] < 1e-100
+    # The random baseline, on the same users: no position stands out.
+    assert got["random"]["top1_uniform_p"] > 1e-4
+
+
+def test_a_perfect_model_and_the_random_baseline_are_flat(tmp_path: Path) -> None:
+    labels = np.random.default_rng(3).integers(0, WIDTH, N)
+    perfect = np.where(np.arange(WIDTH) == labels[:, None], 2.0, 1.0)
+    result = evaluate(write_run(tmp_path, {"tkr": ranking_frame(perfect, labels)}, seed=5))
+    got = bias(result)
+    assert got["model"]["hr@1"] == [1.0] * WIDTH
+    assert got["model"]["mean_rank"] == [1.0] * WIDTH
+    # Its top-1 is the held-out item: the shares are where the held-out items stood.
+    assert got["model"]["top1_share"] == pytest.approx(np.bincount(labels) / N)
+    for p, users in enumerate(got["users"]):
+        # i.i.d. scores: hit rate 1/10 at every position, within 4 standard errors.
+        error = 4 * np.sqrt(0.1 * 0.9 / users)
+        assert abs(got["random"]["hr@1"][p] - 0.1) < error
+        assert abs(got["random"]["mean_rank"][p] - 5.5) < 4 * np.sqrt(8.25 / users)
+
+
+def test_short_lists_count_only_their_own_positions(tmp_path: Path) -> None:
+    labels = np.array([0, 1, 2, 0])
+    frame = ranking_frame(np.tile(-np.arange(4, dtype=float), (4, 1)), labels)
+    # User 3 was shown two candidates only.
+    frame = frame.filter((pl.col("user_id") != 3) | (pl.col("position") < 2))
+    got = bias(evaluate(write_run(tmp_path, {"tkr": frame})))
+    assert got["position"] == [0, 1, 2, 3]
+    assert got["users"] == [2, 1, 1, 0]
+    assert got["model"]["hr@1"] == [1.0, 0.0, 0.0, None]
+    assert got["model"]["mean_rank"] == [1.0, 2.0, 3.0, None]
+    assert got["users_with_full_list"] == 3
+
+
+def test_evaluate_prints_the_position_table(tmp_path: Path) -> None:
+    labels = np.arange(20) % 4
+    first = np.tile(-np.arange(4, dtype=float), (20, 1))
+    run = write_run(tmp_path / "run", {"tkr": ranking_frame(first, labels)})
+    result = CliRunner().invoke(app, ["evaluate", str(run)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "Position bias" in result.output
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in result.output.splitlines()]
+    first_position = next(r for r in rows if r[:3] == ["tkr", "base", "0"])
+    # users 5, model hr@1 1, (random's), model mean rank 1, model top-1 share 1.
+    assert first_position[3:5] == ["5", "1.000"]
+    assert first_position[6:] == ["1.000", "1.000"]
+    assert "chi-square p" in result.output
