@@ -30,6 +30,7 @@ def position_bias(
     at = [held == p for p in range(width)]
     # Top-1 uniformity is tested on the users shown the longest list (one expected share each).
     full = lengths == width
+    testable = width > 1 and full.sum() > 1
     out: dict[str, Any] = {
         "position": list(range(width)),
         "users": [int(m.sum()) for m in at],
@@ -44,7 +45,7 @@ def position_bias(
             "hr@1": [float((rank[m] == 1).mean()) if m.any() else None for m in at],
             "mean_rank": [float(rank[m].mean()) if m.any() else None for m in at],
             "top1_share": (np.bincount(top, minlength=width)[:width] / len(top)).tolist(),
-            "top1_uniform_p": float(chisquare(counts).pvalue) if full.sum() > 1 else None,
+            "top1_uniform_p": float(chisquare(counts).pvalue) if testable else None,
         }
     return out
 

@@ -546,3 +546,11 @@ def test_evaluate_prints_the_position_table(tmp_path: Path) -> None:
     assert first_position[3:5] == ["5", "1.000"]
     assert first_position[6:] == ["1.000", "1.000"]
     assert "chi-square p" in result.output
+
+
+def test_one_candidate_lists_have_no_uniformity_test(tmp_path: Path) -> None:
+    frame = ranking_frame(np.ones((3, 1)), np.zeros(3, dtype=np.int64))
+    got = bias(evaluate(write_run(tmp_path, {"tkr": frame})))
+    assert got["position"] == [0]
+    assert got["model"]["hr@1"] == [1.0]
+    assert got["model"]["top1_uniform_p"] is None
