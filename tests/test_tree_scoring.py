@@ -14,7 +14,7 @@ import torch
 from itdr_batch.dev.tiny import Tiny
 from itdr_batch.engines import Engine, Prompt, open_engine
 from itdr_batch.engines.hf import batches
-from itdr_batch.engines.tree import build_trees
+from itdr_batch.engines.tree import Trie, build_trees
 
 # float32: the tree and the plain forward differ only in summation order.
 FLOAT32 = 1e-4
@@ -63,7 +63,7 @@ def bf16_engine(tiny: Tiny) -> Iterator[Engine]:
 
 
 def test_the_mask_shows_each_node_its_prompt_and_its_ancestors_only() -> None:
-    trees = build_trees([[1, 2]], [[[3, 4, 6], [5, 7]]], pad=0)
+    trees = build_trees([[1, 2]], [Trie.of(a) for a in [[[3, 4, 6], [5, 7]]]], pad=0)
     # The node block: a's 3 and 4, b's 5 (last tokens are only predicted); keys: prompt 1 2,
     # then the nodes.
     expected = torch.tensor(
@@ -85,7 +85,7 @@ def test_the_mask_shows_each_node_its_prompt_and_its_ancestors_only() -> None:
 
 
 def test_one_token_answers_add_no_tokens() -> None:
-    trees = build_trees([[1, 2, 3]], [[[4], [5], [6]]], pad=0)
+    trees = build_trees([[1, 2, 3]], [Trie.of(a) for a in [[[4], [5], [6]]]], pad=0)
     assert trees.node_ids.shape == (1, 0)
     assert trees.tokens == 3
     assert trees.reads.tolist() == [0, 0, 0]
@@ -93,7 +93,9 @@ def test_one_token_answers_add_no_tokens() -> None:
 
 
 def test_answers_sharing_a_prefix_share_its_nodes() -> None:
-    trees = build_trees([[1, 2]], [[[5, 6, 7], [5, 6, 8], [5, 6, 7], [9], [5]]], pad=0)
+    trees = build_trees(
+        [[1, 2]], [Trie.of(a) for a in [[[5, 6, 7], [5, 6, 8], [5, 6, 7], [9], [5]]]], pad=0
+    )
     # Nodes: 5, 6, 7, 8, 9; only 5 and 6 have children, so only they are run.
     assert trees.node_ids.tolist() == [[5, 6]]
     assert trees.node_positions.tolist() == [[2, 3]]
@@ -106,7 +108,7 @@ def test_answers_sharing_a_prefix_share_its_nodes() -> None:
 
 
 def test_padding_is_never_seen_and_never_sees_nothing() -> None:
-    trees = build_trees([[1, 2, 3, 4], [1]], [[[5, 6, 7]], [[8, 9]]], pad=0)
+    trees = build_trees([[1, 2, 3, 4], [1]], [Trie.of(a) for a in [[[5, 6, 7]], [[8, 9]]]], pad=0)
     # The short prompt is left-padded: [pad pad pad 1]; its node block: [8, pad].
     assert trees.prompt_mask[1].tolist() == [0, 0, 0, 1]
     short = trees.node_mask[1, 0]

@@ -16,7 +16,7 @@ import torch
 from itdr_batch.engines.adapters import Adapter
 from itdr_batch.engines.base import Failure, Prompt, TokenCounts, isolate, too_long
 from itdr_batch.engines.config import EngineConfig
-from itdr_batch.engines.tree import Trees, build_trees, row_length
+from itdr_batch.engines.tree import Trees, Trie, build_trees
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Output-layer rows per pass are capped so their logits stay under this many floats.
@@ -94,11 +94,13 @@ class HfEngine:
     ) -> list[list[list[float]] | Failure]:
         # The same length limit as vLLM's, which samples one token after prompt + answer.
         longest = [max((len(c) for c in cs), default=0) + 1 for cs in continuations]
-        sizes = [row_length(p.ids, cs) for p, cs in zip(prompts, continuations, strict=True)]
+        # Each request's trie, built once: its size batches it, and its tree is built from it.
+        tries = [Trie.of(cs) for cs in continuations]
+        sizes = [len(p.ids) + len(t.inner) for p, t in zip(prompts, tries, strict=True)]
 
         def run(batch: list[int]) -> list[list[list[float]]]:
             trees = build_trees(
-                [prompts[i].ids for i in batch], [continuations[i] for i in batch], self._pad
+                [prompts[i].ids for i in batch], [tries[i] for i in batch], self._pad
             )
             return trees.split(self._tree_scores(trees))
 

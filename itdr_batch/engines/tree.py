@@ -14,6 +14,7 @@ the prompt's last (the roots) and each node that was run.
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -47,6 +48,7 @@ class Trie:
             trie.paths.append(path)
         return trie
 
+    @cached_property
     def inner(self) -> list[int]:
         """The nodes with children: the only ones whose hidden state is read."""
         return sorted(set(self.parents) - {-1})
@@ -86,18 +88,10 @@ class Trees:
         return [[[scores[n] for n in path] for path in answers] for answers in self.paths]
 
 
-def row_length(prompt: Sequence[int], answers: Sequence[Sequence[int]]) -> int:
-    """A tree's tokens: the prompt's plus its trie's nodes that have children."""
-    return len(prompt) + len(Trie.of(answers).inner())
-
-
-def build_trees(
-    prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[Sequence[int]]], pad: int
-) -> Trees:
-    """One row per prompt; ``answers[i]`` are prompt i's continuations (each may be empty)."""
+def build_trees(prompts: Sequence[Sequence[int]], tries: Sequence[Trie], pad: int) -> Trees:
+    """One row per prompt; ``tries[i]`` holds prompt i's continuations (``Trie.of``)."""
     rows = len(prompts)
-    tries = [Trie.of(a) for a in answers]
-    inners = [t.inner() for t in tries]
+    inners = [t.inner for t in tries]
     width = max(map(len, prompts), default=0)
     nodes = max(map(len, inners), default=0)
     prompt_ids = torch.full((rows, width), pad, dtype=torch.long)
@@ -151,5 +145,5 @@ def build_trees(
         reads=torch.tensor(reads, dtype=torch.long),
         targets=torch.tensor(targets, dtype=torch.long),
         paths=paths,
-        sent=sum(len(p) + sum(map(len, a)) for p, a in zip(prompts, answers, strict=True)),
+        sent=sum(len(p) + sum(map(len, t.paths)) for p, t in zip(prompts, tries, strict=True)),
     )
