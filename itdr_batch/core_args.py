@@ -40,12 +40,15 @@ class Slot(TypedDict):
 
 class Sampling(TypedDict):
     """Candidate sampling: the pool (dense item indices), optional weights, how many per row,
-    and optional provided candidates per row (dense item indices)."""
+    optional provided candidates per row (dense item indices), and which of ``orders`` balanced
+    presentation orders of the drawn list to render (0: as drawn)."""
 
     pool: Arrow
     weights: Arrow | None
     count: int
     provided: Arrow | None
+    order: int
+    orders: int
 
 
 class PromptJob(TypedDict):

@@ -280,7 +280,7 @@ def _ranking(
     present[rows, cols] = True
     draws = np.random.default_rng(seed).random((n, width))
     scores = {
-        "model": _scatter(_ordinal(group, "model", key), (n, width)),
+        "model": _scatter(_ordinal(group, "model", key, tie="rank"), (n, width)),
         "random": _padded(np.where(present, draws, np.nan)),
         "popularity": _scatter(_ordinal(group, "popularity", key), (n, width)),
     }
@@ -290,18 +290,33 @@ def _ranking(
         "failed": failed,
         "metrics": {name: _ranking_metrics(relevance, s) for name, s in scores.items()},
         # Columns are presented positions: each user's candidates sorted by position above.
-        "position_bias": position_bias(relevance, present, scores),
+        "position_bias": position_bias(relevance, present, scores) | _orders(group, key),
     }
 
 
-def _ordinal(group: pl.DataFrame, column: str, key: str) -> pl.DataFrame:
-    """Strictly ordered scores (0 best, then -1, ...): equal values go to the earlier position.
+def _orders(group: pl.DataFrame, key: str) -> dict[str, Any]:
+    """Presentation orders per user (``scoring.permutations``) and, with several, the mean over
+    users of the Kendall tau between the rankings of a user's orders (1: the order never mattered).
+    """
+    orders = group["n_perms"].max() if "n_perms" in group.columns else None
+    if not isinstance(orders, int) or orders < 2:
+        return {"orders": 1, "kendall_tau": None}
+    tau = group.group_by(key).agg(pl.col("kendall_tau").first())["kendall_tau"].mean()
+    return {"orders": orders, "kendall_tau": tau}
+
+
+def _ordinal(group: pl.DataFrame, column: str, key: str, tie: str = "position") -> pl.DataFrame:
+    """Strictly ordered scores (0 best, then -1, ...): equal values go to the lower ``tie``.
 
     The three sklearn metrics treat ties differently (NDCG averages over them, top-k accuracy picks
-    the later column, label-ranking AP the worst case), so ties are broken once, as the scorer's
-    own ``rank`` does: by presented position. Exact, unlike adding ``-position * 1e-9``.
+    the later column, label-ranking AP the worst case), so ties are broken once: the model's as
+    its own ``rank`` does (one order: by presented position; several: not by position, which
+    would bring a positional bias back), a baseline's by position. Exact, unlike adding
+    ``-position * 1e-9``.
     """
-    ordered = group.sort([key, column, "position"], descending=[False, True, False])
+    ordered = group.sort(
+        [key, column, tie, "position"], descending=[False, True, False, False], nulls_last=True
+    )
     return ordered.select("row", "col", value=-pl.int_range(pl.len()).over(key).cast(pl.Float64))
 
 

@@ -70,6 +70,11 @@ def render_position_bias(result: dict[str, Any]) -> Table | None:
                 table.add_row(
                     task, adapter, str(p), str(users), *shown, f"{model['top1_share'][p]:.3f}"
                 )
+            if bias.get("kendall_tau") is not None:
+                notes.append(
+                    f"{task}/{adapter}: {bias['orders']} orders per user, mean Kendall tau "
+                    f"between a user's orders {bias['kendall_tau']:.3f}"
+                )
             if model["top1_uniform_p"] is not None:
                 p_model, p_random = model["top1_uniform_p"], random["top1_uniform_p"]
                 notes.append(

@@ -38,6 +38,8 @@ ENTRY_FIELDS: dict[str, EntryField] = {
 OPTIONAL_FIELDS = ("category", "genres")
 # Evaluation runs of text tasks: the held-out review's item and text (``_held_out``).
 HELD_OUT_TEXT = ("held_out_item_id", "held_out_text")
+# A row's place in its frame while its presentation orders are interleaved.
+_ROW = "__row"
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +154,22 @@ class Prepared:
 
     def render(self) -> pl.DataFrame:
         return self.finish(_core.build_prompts(self.job))
+
+    def render_orders(self, orders: int) -> pl.DataFrame:
+        """One prompt per row and presentation order of its candidates (``order``: 0 is the
+        drawn list, the others its balanced cyclic shifts), a row's orders next to each other.
+        Every order holds the same candidates; rows without candidates get ``orders`` copies."""
+        sampling = self.job["sampling"]
+        frames = []
+        for order in range(orders):
+            job = (
+                self.job
+                if sampling is None
+                else self.job | {"sampling": sampling | {"order": order, "orders": orders}}
+            )
+            frame = self.finish(_core.build_prompts(job))
+            frames.append(frame.with_columns(order=pl.lit(order, pl.UInt32)).with_row_index(_ROW))
+        return pl.concat(frames).sort(_ROW, maintain_order=True).drop(_ROW)
 
     def finish(self, table: ArrowStreamExportable) -> pl.DataFrame:
         """The rows' ids next to what the Rust core returned; statuses as ``PromptStatus``."""
@@ -483,6 +501,8 @@ def _sampling(
         "weights": weights,
         "count": config.candidates,
         "provided": provided,
+        "order": 0,
+        "orders": 1,
     }
 
 

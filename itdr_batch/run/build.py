@@ -2,8 +2,10 @@
 
 Reads: the batch's shard rows (the key; the shard's attribute or ``reference`` columns for
 evaluation truth), their interactions only (``itdr_batch.run.extract``), the items. Writes a
-frame, one row per shard row in shard order: the prompt columns of ``build_prompts``, ``reason``
-(why the row cannot be scored, null when it can) and ``truth`` (``itdr_batch.run.results.TRUTH``).
+frame, one row per shard row and presentation order (``order``; ranking tasks with
+``scoring.permutations`` > 1 have several) in shard order: the prompt columns of ``build_prompts``,
+``reason`` (why the row cannot be scored, null when it can) and ``truth``
+(``itdr_batch.run.results.TRUTH``).
 """
 
 import time
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from itdr_batch.prompts.build import build_prompts, rated
+from itdr_batch.prompts.build import prepare, rated
 from itdr_batch.run.plan import Plan
 from itdr_batch.run.results import TRUTH, truth_dtype
 from itdr_batch.status import REJECT_REASON, PromptStatus, RejectReason
@@ -43,7 +45,8 @@ def build_unit(plan: Plan, batch: int, task: Task, interactions: pl.DataFrame) -
     key = plan.ids.key
     rows = plan.shard.slice(batch * plan.batch_size, plan.batch_size).collect()
     prompt_config = plan.config.prompt_config(task)
-    prompts = build_prompts(rows, interactions, plan.items, prompt_config, plan.item_counts)
+    prepared = prepare(rows, interactions, plan.items, prompt_config, plan.item_counts)
+    prompts = prepared.render_orders(plan.config.orders(task))
     known = (plan.items if key == "item_id" else interactions)[key]
     reason = (
         pl.when(~pl.col(key).is_in(known.implode()))

@@ -134,6 +134,10 @@ class ScoringSection(Section):
     max_new_tokens: int | None = Field(default=None, ge=1)
     # How many times requests that failed in the engine are sent again before being rejected.
     retries: int = Field(default=2, ge=0)
+    # Ranking tasks: presentation orders per user (balanced cyclic shifts of its candidates),
+    # scores averaged over them (README, "Position bias"). Left out of the digest at 1 (the
+    # default), so configurations from before it keep their run ids.
+    permutations: int = Field(default=1, ge=1, exclude_if=lambda k: k == 1)
 
 
 class OutputConfig(Section):
@@ -163,6 +167,12 @@ class JobConfig(Section):
                     f"{key}: task {task} cannot be scored in mode {mode}; "
                     f"use {', '.join(sorted(allowed))}"
                 )
+            if spec(task).ranking and self.scoring.permutations > self.prompts.candidates:
+                raise ValueError(
+                    f"scoring.permutations ({self.scoring.permutations}) is more than "
+                    f"prompts.candidates ({self.prompts.candidates}): orders beyond one per "
+                    "candidate repeat a shift"
+                )
             if spec(task).needs_domains and not (
                 self.prompts.source_domain and self.prompts.target_domain
             ):
@@ -170,6 +180,10 @@ class JobConfig(Section):
                     f"task {task} needs prompts.source_domain and prompts.target_domain"
                 )
         return self
+
+    def orders(self, task: Task) -> int:
+        """Presentation orders per row: ``scoring.permutations`` for ranking tasks, else 1."""
+        return self.scoring.permutations if spec(task).ranking else 1
 
     def mode(self, task: Task) -> Mode:
         return self.scoring.modes.get(task) or self.scoring.mode or spec(task).default_mode

@@ -49,7 +49,8 @@ def export_requests(out: Path) -> Manifest:
 def requests_frame(prompts: Path, task: Task, manifest: Manifest) -> pl.LazyFrame:
     """One ``/v1/chat/completions`` request per row of a dry run's ``prompts`` file: the chat
     format's system text and the user turn as messages (the server applies its own chat
-    template), the task's generate budget, greedy; ``custom_id`` is ``<run_id>/<task>/<key>``."""
+    template), the task's generate budget, greedy; ``custom_id`` is ``<run_id>/<task>/<key>``,
+    then ``/<order>`` with several presentation orders."""
     chat = manifest.config.model.chat_format()
     # The dry run wrapped each user turn in the format's text before and after it (``_compile``
     # in itdr_batch/prompts/build.py): removing them leaves what the raw format renders.
@@ -58,6 +59,8 @@ def requests_frame(prompts: Path, task: Task, manifest: Manifest) -> pl.LazyFram
     if "{system}" in chat.template:
         messages.insert(0, _message("system", pl.lit(chat.system)))
     custom_id = pl.format("{}/{}/{}", pl.lit(manifest.run_id), pl.lit(str(task)), manifest.key)
+    if manifest.config.orders(task) > 1:
+        custom_id = pl.format("{}/{}", custom_id, pl.col("order"))
     return pl.scan_parquet(prompts).select(
         custom_id=custom_id,
         method=pl.lit("POST"),

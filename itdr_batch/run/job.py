@@ -195,6 +195,7 @@ def _finish(folder: RunFolder, plan: Plan, state: RunState, engine: Engine | Non
     seconds = sum(r.build_s + r.score_s for r in every)
     prompts = sum(r.prompts for r in every)
     tokens = sum(r.prompt_tokens for r in every)
+    scored = sum(sum(r.scored.values()) for r in every)
     manifest = Manifest(
         run_id=plan.run_id,
         status="complete",
@@ -234,6 +235,8 @@ def _finish(folder: RunFolder, plan: Plan, state: RunState, engine: Engine | Non
             prompt_tokens_per_s=tokens / seconds if seconds and tokens else None,
             prompts=prompts,
             prompt_tokens=tokens,
+            prompts_per_row=prompts / scored if scored else None,
+            prompt_tokens_per_row=tokens / scored if scored and tokens else None,
         ),
     )
     folder.complete(manifest)

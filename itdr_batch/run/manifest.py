@@ -85,6 +85,9 @@ class Throughput(Record):
     prompt_tokens_per_s: float | None
     prompts: int
     prompt_tokens: int
+    # Per row scored (each task and adapter counts): what presentation orders multiply.
+    prompts_per_row: float | None = None
+    prompt_tokens_per_row: float | None = None
 
 
 class EngineTokens(Record):

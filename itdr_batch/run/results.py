@@ -43,6 +43,10 @@ def result_schema(task: Task, ids: Ids) -> pl.Schema:
             "prob": pl.Float64(),
             "status": SCORE_STATUS,
             "label": pl.Boolean(),
+            # Presentation orders (``scoring.permutations``, ``itdr_batch.run.orders``).
+            "score_std": pl.Float64(),
+            "n_perms": pl.UInt32(),
+            "kendall_tau": pl.Float64(),
         }
     elif result is ResultKind.RATING:
         columns |= {
@@ -72,6 +76,7 @@ def dry_run_schema(task: Task, ids: Ids) -> pl.Schema:
         columns["held_out_item_id"] = ids.item_dtype
     if rules.ranking:
         columns["held_out_position"] = pl.UInt32()
+        columns["order"] = pl.UInt32()
     return pl.Schema(columns | {"run_id": pl.String()})
 
 
@@ -126,7 +131,7 @@ def results_frame(
             prob=pl.col("prob").fill_null(
                 pl.col("rank").list.eval(pl.element().cast(float) * None)
             ),
-        ).explode("item_id", "position", "rank", "score", "prob")
+        ).explode("item_id", "position", "rank", "score", "prob", *_spread(rows))
         # Evaluation: true for the held-out item (null outside evaluation runs).
         rows = rows.with_columns(label=pl.col("item_id") == pl.col(TRUTH))
     else:
@@ -139,6 +144,11 @@ def results_frame(
         adapter=pl.lit(adapter, pl.String), model=pl.lit(model), run_id=pl.lit(run_id)
     )
     return conform(rows, result_schema(task, ids))
+
+
+def _spread(rows: pl.DataFrame) -> list[str]:
+    """The per-candidate spread over presentation orders, where there were several."""
+    return ["score_std"] if "score_std" in rows.columns else []
 
 
 def rejects_frame(

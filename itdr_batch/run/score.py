@@ -4,7 +4,8 @@ Reads: the unit's ``Built`` frame (key, prompt columns, ``reason``, ``truth``). 
 unit's results (the contract's rows) and rejects (key, ``reason``, ``detail``) over all adapters,
 and the counts of its ``UnitRecord``. Rows with a reason are rejected before the engine; of the
 scored, those without a usable result (too long, engine errors after the retries, unparsable
-text where no fallback exists) are rejected after it.
+text where no fallback exists) are rejected after it. A row scored in several presentation
+orders is fused into one (``itdr_batch.run.orders``) and counts once.
 """
 
 import logging
@@ -15,6 +16,7 @@ import polars as pl
 
 from itdr_batch.run.build import Built
 from itdr_batch.run.manifest import UnitRecord
+from itdr_batch.run.orders import fuse_orders
 from itdr_batch.run.plan import Plan
 from itdr_batch.run.results import (
     conform,
@@ -57,9 +59,11 @@ def score_unit(plan: Plan, scorers: dict[str, Scorer], built: Built) -> ScoredUn
     started = time.perf_counter()
     task, key = built.task, plan.ids.key
     ok = built.prompts.filter(pl.col("reason").is_null())
-    refused = built.prompts.filter(pl.col("reason").is_not_null()).select(
+    # A row's orders share its reason: one reject per row.
+    refused = built.prompts.filter(pl.col("reason").is_not_null() & (pl.col("order") == 0)).select(
         key, "reason", detail=pl.lit(None, pl.String)
     )
+    orders = plan.config.orders(task)
     engine = None if plan.dry_run else scorers[task].engine
     if engine is not None:
         # A cold prefix cache per unit: its floats then depend on its own prompts only (a cached
@@ -76,6 +80,7 @@ def score_unit(plan: Plan, scorers: dict[str, Scorer], built: Built) -> ScoredUn
             results.append(conform(kept, dry_run_schema(task, plan.ids)))
             unit_rejects = refused
             prompts += ok.height
+            kept = kept.filter(pl.col("order") == 0)
         else:
             scorer = scorers[task]
             tokens_before = scorer.prompt_tokens
@@ -86,6 +91,7 @@ def score_unit(plan: Plan, scorers: dict[str, Scorer], built: Built) -> ScoredUn
             frame = pl.concat(
                 [ok.drop("status", "reason"), scored_frame(task, outcome)], how="horizontal"
             ).with_columns(reason=_score_reject(task))
+            frame = fuse_orders(frame, key, orders, plan.config.mode(task))
             kept = frame.filter(pl.col("reason").is_null())
             model = plan.config.model_path().name
             results.append(results_frame(task, plan.ids, kept, adapter, model, plan.run_id))
@@ -99,7 +105,7 @@ def score_unit(plan: Plan, scorers: dict[str, Scorer], built: Built) -> ScoredUn
     record = UnitRecord(
         batch=built.batch,
         task=str(task),
-        rows=built.prompts.height,
+        rows=built.prompts.height // orders,
         scored=scored,
         rejected=rejected,
         prompts=prompts,

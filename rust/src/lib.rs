@@ -99,6 +99,8 @@ struct SamplingArg {
     weights: Option<AnyArray>,
     count: usize,
     provided: Option<AnyArray>,
+    order: usize,
+    orders: usize,
 }
 
 /// Everything `build_prompts` takes: `PromptJob` in `itdr_batch/_core.pyi`.
@@ -203,6 +205,12 @@ fn build_prompts(py: Python<'_>, job: PromptJobArg) -> PyArrowResult<Arro3Table>
                 .map(|w| Ok::<_, PyErr>(downcast::<Float64Array>(cast(w, &DataType::Float64)?)))
                 .transpose()?;
             check_items(pool.values(), n_items, "pool")?;
+            if sampling.order >= sampling.orders {
+                return Err(PyValueError::new_err(format!(
+                    "sampling: order {} is not one of {} orders",
+                    sampling.order, sampling.orders
+                )));
+            }
             let sampler = Sampler::new(
                 pool.values().to_vec(),
                 weights.map(|w| w.values().to_vec()),
@@ -216,6 +224,8 @@ fn build_prompts(py: Python<'_>, job: PromptJobArg) -> PyArrowResult<Arro3Table>
                 sampler,
                 count: sampling.count,
                 provided,
+                order: sampling.order,
+                orders: sampling.orders,
             })
         })
         .transpose()?;

@@ -42,6 +42,10 @@ pub struct Sampling {
     pub count: usize,
     /// Upstream candidates per row (dense item indices), passed through first.
     pub provided: Option<ListArray>,
+    /// Which of `orders` balanced presentation orders of the drawn candidates to render
+    /// (`Drawn::rotate`); the draw itself does not depend on it.
+    pub order: usize,
+    pub orders: usize,
 }
 
 /// A task's inputs besides the rows' data.
@@ -153,7 +157,9 @@ fn build_chunk(
                 count: sampling.count,
                 hold_out_last: job.hold_out_last,
             };
-            sampling.sampler.draw(&request, &mut rng, &mut marks)
+            let mut drawn = sampling.sampler.draw(&request, &mut rng, &mut marks);
+            drawn.rotate(sampling.order, sampling.orders);
+            drawn
         });
         let mut slots = Vec::with_capacity(job.sources.len());
         for source in &job.sources {

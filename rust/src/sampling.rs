@@ -121,6 +121,23 @@ pub struct Drawn {
     pub short: bool,
 }
 
+impl Drawn {
+    /// The `order`-th of `orders` balanced presentation orders: the drawn list shifted cyclically
+    /// right by `order * len / orders` places. Order 0 is the drawn list; with `orders == len`
+    /// every candidate stands at every position exactly once over the orders.
+    pub fn rotate(&mut self, order: usize, orders: usize) {
+        let len = self.candidates.len();
+        if len == 0 || orders <= 1 {
+            return;
+        }
+        let shift = order % orders * len / orders;
+        self.candidates.rotate_right(shift);
+        if let Some((_, position)) = &mut self.held_out {
+            *position = (*position + shift) % len;
+        }
+    }
+}
+
 impl Sampler {
     /// A sampler over `pool`; `weights` (one per pool item) select popularity sampling, and
     /// pool items of zero weight are dropped. `n_items` bounds every item index.
@@ -381,6 +398,51 @@ mod tests {
             positions.insert(position);
         }
         assert_eq!(positions.len(), 10, "every position is reachable");
+    }
+
+    #[test]
+    fn orders_put_every_candidate_at_every_position_once() {
+        let history = [4, 8, 15, 16];
+        let mut req = request(&history, 6);
+        req.hold_out_last = true;
+        let drawn = draw(&uniform(500), &req, 3);
+        let mut seen = vec![std::collections::BTreeSet::new(); 6];
+        for order in 0..6 {
+            let mut rotated = drawn.clone();
+            rotated.rotate(order, 6);
+            let (item, position) = rotated.held_out.unwrap();
+            assert_eq!(rotated.candidates[position], item);
+            for (position, &item) in rotated.candidates.iter().enumerate() {
+                assert!(seen[position].insert(item), "{item} twice at {position}");
+            }
+        }
+        assert!(seen.iter().all(|items| items.len() == 6));
+        let mut first = drawn.clone();
+        first.rotate(0, 3);
+        assert_eq!(first, drawn, "order 0 is the drawn list");
+    }
+
+    #[test]
+    fn fewer_orders_spread_the_shifts_evenly() {
+        let mut drawn = Drawn {
+            candidates: (0..10).collect(),
+            held_out: Some((0, 0)),
+            short: false,
+        };
+        let starts: Vec<u32> = (0..3)
+            .map(|order| {
+                let mut rotated = drawn.clone();
+                rotated.rotate(order, 3);
+                rotated.held_out.unwrap().1 as u32
+            })
+            .collect();
+        assert_eq!(starts, vec![0, 3, 6]);
+        drawn.rotate(1, 1);
+        assert_eq!(
+            drawn.candidates,
+            (0..10).collect::<Vec<_>>(),
+            "one order: as drawn"
+        );
     }
 
     #[test]
