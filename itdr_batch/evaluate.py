@@ -254,12 +254,13 @@ def _ranking(
         has_score=pl.col("score").is_not_null().all().over(key),
         has_rank=pl.col("rank").is_not_null().all().over(key),
     )
-    # Generate mode ranks without scores; a user with neither failed: held-out item last.
+    # The list as written: `rank` (it follows `scoring.rank_by`, and several presentation
+    # orders' fused scores); a user without one failed: held-out item last.
     model = (
-        pl.when("has_score")
-        .then(pl.col("score"))
-        .when("has_rank")
+        pl.when("has_rank")
         .then(-pl.col("rank").cast(pl.Float64))
+        .when("has_score")
+        .then(pl.col("score"))
         .otherwise(pl.when("label").then(-1.0).otherwise(0.0))
     )
     counts = counts.with_columns(pl.col("item_id").cast(group["item_id"].dtype, strict=False))

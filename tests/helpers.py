@@ -65,3 +65,12 @@ def toml_value(value: object) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
     return json.dumps(value)
+
+
+def committed_units(out: Path) -> int:
+    """The units a run in progress has committed; none while a folder it renames (the extract's
+    temporary one) vanishes under the glob."""
+    try:
+        return len(list(out.glob("_parts/*/[0-9]*.json")))
+    except FileNotFoundError:
+        return 0

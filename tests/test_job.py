@@ -12,7 +12,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from helpers import JOB_USERS, Canonical, WriteJob
+from helpers import JOB_USERS, Canonical, WriteJob, committed_units
 from polars.testing import assert_frame_equal
 from typer.testing import CliRunner, Result
 
@@ -161,7 +161,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_rows(
     out = tmp_path / "killed"
     args: list[str | Path] = ["score", "--users", movielens.users, "--config", job, "--out", out]
     process = subprocess.Popen([ITDR_BATCH, *map(str, args)], stderr=subprocess.DEVNULL)
-    for _ in _wait_for(lambda: len(list(out.glob("_parts/*/[0-9]*.json"))) >= 3, process):
+    for _ in _wait_for(lambda: committed_units(out) >= 3, process):
         pass
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL

@@ -1,6 +1,7 @@
 """Balanced presentation orders (issue #17, item 1): ``scoring.permutations = K`` scores each
 ranking row under K cyclic shifts of its candidates and fuses them into one row per user."""
 
+import json
 import signal
 import subprocess
 from collections.abc import Sequence
@@ -9,11 +10,13 @@ from typing import Any
 
 import polars as pl
 import pytest
-from helpers import Canonical, WriteJob
+from helpers import Canonical, WriteJob, committed_units
 from polars.testing import assert_frame_equal
 from scipy.stats import kendalltau
 from test_job import ITDR_BATCH, _wait_for, check_nothing_lost, read_run
+from typer.testing import CliRunner
 
+from itdr_batch.cli import app
 from itdr_batch.engines import Engine, open_engine
 from itdr_batch.engines.base import Failure, Prompt
 from itdr_batch.evaluate import evaluate
@@ -79,6 +82,21 @@ def test_exported_requests_name_each_order(job: Path, movielens: Canonical, tmp_
     ids = pl.read_ndjson(out / "tkr.jsonl")["custom_id"]
     assert ids.is_unique().all()
     assert set(ids.str.split("/").list.last()) == {"0", "1", "2"}
+
+
+def test_orders_do_not_depend_on_the_sharding(
+    job: Path, movielens: Canonical, tmp_path: Path
+) -> None:
+    users = pl.read_parquet(movielens.users)
+    halves = [users.filter(pl.col("user_id") % 2 == parity) for parity in (0, 1)]
+    parts = []
+    for i, half in enumerate(halves):
+        half.write_parquet(tmp_path / f"shard{i}.parquet")
+        parts.append(dry(job, tmp_path / f"shard{i}.parquet", tmp_path / f"run{i}",
+                         **{"scoring.permutations": 3}))  # fmt: skip
+    whole = dry(job, movielens.users, tmp_path / "whole", **{"scoring.permutations": 3})
+    joined = pl.concat(parts).sort("user_id", "order").drop("run_id")
+    assert_frame_equal(joined, whole.sort("user_id", "order").drop("run_id"))
 
 
 def test_more_orders_than_candidates_is_refused(job: Path) -> None:
@@ -249,7 +267,7 @@ def test_three_orders_give_the_same_rows_whatever_the_batches_and_a_kill(
         args = ["score", "--users", movielens.users, "--config", job, "--out", killed,
                 "--set", "scoring.permutations=3", "--set", "scoring.batch_size=2"]  # fmt: skip
         process = subprocess.Popen([ITDR_BATCH, *map(str, args)], stderr=subprocess.DEVNULL)
-        for _ in _wait_for(lambda: len(list(killed.glob("_parts/*/[0-9]*.json"))) >= 2, process):
+        for _ in _wait_for(lambda: committed_units(killed) >= 2, process):
             pass
         process.send_signal(signal.SIGKILL)
         assert process.wait() == -signal.SIGKILL
@@ -281,3 +299,27 @@ def test_three_orders_give_the_same_rows_whatever_the_batches_and_a_kill(
         assert_frame_equal(read_run(killed)[name], frame)
         # The batch size is part of the configuration, so of the run id.
         assert_frame_equal(read_run(other)[name].drop("run_id"), frame.drop("run_id"))
+
+
+@pytest.mark.slow
+def test_bench_orders_compares_k_with_one_order(
+    cli: CliRunner, shared_data: Path, tmp_path: Path
+) -> None:
+    result = cli.invoke(
+        app,
+        [
+            "bench", "orders", "--users", "6", "--orders", "2", "--engine", "hf",
+            "--data", str(shared_data / "movielens-latest-small"),
+            "--tokenizer", str(shared_data / "qwen2.5-tokenizer"),
+            "--workdir", str(tmp_path / "work"), "--json", str(tmp_path / "orders.json"),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    figures = json.loads((tmp_path / "orders.json").read_text())
+    assert set(figures["orders"]) == {"1", "2"}
+    one, two = figures["orders"]["1"], figures["orders"]["2"]
+    assert (one["prompts_per_user"], two["prompts_per_user"]) == (1.0, 2.0)
+    assert one["kendall_tau"] is None
+    assert -1.0 <= two["kendall_tau"] <= 1.0
+    ratio = figures["over_one_order"]["2"]["prompt_tokens"]
+    assert ratio == pytest.approx(2.0, rel=0.05), "two orders of the same prompt, reordered"

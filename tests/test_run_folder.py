@@ -15,7 +15,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from helpers import Canonical, WriteJob
+from helpers import Canonical, WriteJob, committed_units
 from polars.testing import assert_frame_equal
 from typer.testing import CliRunner, Result
 
@@ -132,7 +132,7 @@ def test_two_score_processes_on_one_folder_leave_one_consistent_run(
     with log.open("w") as stderr:
         first = subprocess.Popen([ITDR_BATCH, *args], stderr=stderr)
     deadline = time.monotonic() + 120
-    while not list(out.glob("_parts/*/[0-9]*.json")):
+    while not committed_units(out):
         assert first.poll() is None, log.read_text()
         assert time.monotonic() < deadline, "the first run committed nothing in time"
         time.sleep(0.05)

@@ -193,3 +193,57 @@ def bench_job(
         highlight=False,
     )
     console.print(f"written to {escape(str(json_path))}", highlight=False)
+
+
+@app.command("orders")
+def bench_orders(
+    users: Annotated[int, typer.Option(help="MovieLens users (one TKR list each).")] = 100,
+    orders: Annotated[
+        list[int] | None, typer.Option("--orders", help="K to compare with K = 1 [3].")
+    ] = None,
+    engine: Annotated[str, typer.Option(help="vllm or hf.")] = "vllm",
+    model: Annotated[str, typer.Option(help="tiny or body (as bench engines).")] = "tiny",
+    data: Annotated[Path, typer.Option(help="MovieLens folder the users come from.")] = Path(
+        "../shared/data/movielens-latest-small"
+    ),
+    tokenizer: Annotated[Path, typer.Option(help="Tokenizer folder for the tiny model.")] = Path(
+        "../shared/data/qwen2.5-tokenizer"
+    ),
+    workdir: Annotated[Path, typer.Option(help="Where models, tables and runs go.")] = Path(
+        "benchmarks/results/orders"
+    ),
+    json_path: Annotated[Path, typer.Option("--json", help="Where the figures go.")] = Path(
+        "benchmarks/results/orders.json"
+    ),
+) -> None:
+    """Presentation orders (scoring.permutations): cost and position bias of K against K = 1."""
+    from itdr_batch.bench import engines as engines_module
+    from itdr_batch.bench import orders as bench_module
+
+    if engine not in ("vllm", "hf"):
+        raise ItdrError(f"--engine must be vllm or hf, not {engine!r}")
+    if model not in engines_module.MODELS:
+        raise ItdrError(f"--model must be {' or '.join(engines_module.MODELS)}, not {model!r}")
+    if bad := [k for k in orders or [] if not 1 <= k <= bench_module.CANDIDATES]:
+        raise ItdrError(f"--orders must be between 1 and {bench_module.CANDIDATES}, not {bad}")
+    source = data if data.is_dir() else SAMPLE
+    figures = bench_module.run(users, orders or [3], source, tokenizer, workdir, engine, model)
+    write_json_atomic(figures, json_path)
+    table = RichTable(title=f"TKR likelihood, {users} users, {engine}, {model} model, adapter a1")
+    # Per prompt token: computed, and served from the prefix cache; p: top-1 positions uniform.
+    columns = ("K", "s", "x K=1", "tokens/user", "computed", "cached", "hr@1", "p", "tau")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for k, values in figures["orders"].items():
+        cells = (values["hr@1"], values["top1_uniform_p"], values["kendall_tau"])
+        table.add_row(
+            k,
+            f"{values['seconds']:.1f}",
+            f"{figures['over_one_order'][k]['seconds']:.2f}",
+            f"{values['prompt_tokens_per_user']:,.0f}",
+            f"{values['computed_per_prompt_token']:.2f}",
+            f"{values['cached_per_prompt_token']:.2f}",
+            *("-" if v is None else f"{v:.3f}" for v in cells),
+        )
+    console.print(table)
+    console.print(f"written to {escape(str(json_path))}", highlight=False)

@@ -55,7 +55,7 @@ def run(
     users: int, source: Path, tokenizer_dir: Path, workdir: Path, engines: list[str], model: str
 ) -> Any:
     """Runs the benchmark; returns the figures (the JSON written by the CLI)."""
-    built = _model(model, tokenizer_dir, workdir)
+    built = bench_model(model, tokenizer_dir, workdir)
     config = built.config(max_model_len=2048, enforce_eager=False)
     tokenizer = load_tokenizer(config)
     tkr = _rows(source, users, Task.TKR)
@@ -106,7 +106,7 @@ def run(
     return figures
 
 
-def _model(kind: str, tokenizer_dir: Path, workdir: Path) -> Tiny:
+def bench_model(kind: str, tokenizer_dir: Path, workdir: Path) -> Tiny:
     """The tiny model (``tokenizer_dir``'s vocabulary) or the body model (the demo tokenizer's),
     with one adapter ``a1``; built once under ``workdir`` and reused."""
     if kind == "tiny":

@@ -38,6 +38,8 @@ ENTRY_FIELDS: dict[str, EntryField] = {
 OPTIONAL_FIELDS = ("category", "genres")
 # Evaluation runs of text tasks: the held-out review's item and text (``_held_out``).
 HELD_OUT_TEXT = ("held_out_item_id", "held_out_text")
+# What a content-free prompt shows in place of each list.
+CONTENT_FREE = "N/A"
 # A row's place in its frame while its presentation orders are interleaved.
 _ROW = "__row"
 
@@ -154,6 +156,13 @@ class Prepared:
 
     def render(self) -> pl.DataFrame:
         return self.finish(_core.build_prompts(self.job))
+
+    def content_free_prompt(self) -> str:
+        """The task's prompt with every list shown as ``N/A`` (the content-free input of Zhao et
+        al. 2021): what the model answers with no user in it, the item-prior's condition."""
+        return "".join(
+            part if isinstance(part, str) else CONTENT_FREE for part in self.job["parts"]
+        )
 
     def render_orders(self, orders: int) -> pl.DataFrame:
         """One prompt per row and presentation order of its candidates (``order``: 0 is the

@@ -37,6 +37,8 @@ class Built:
     task: Task
     prompts: pl.DataFrame
     seconds: float
+    # Calibrated tasks (``scoring.pmi``, ``calibrate_ratings``): the task's content-free prompt.
+    content_free: str | None = None
 
 
 def build_unit(plan: Plan, batch: int, task: Task, interactions: pl.DataFrame) -> Built:
@@ -60,7 +62,8 @@ def build_unit(plan: Plan, batch: int, task: Task, interactions: pl.DataFrame) -
     )
     truth = _truth(plan, task, rows, prompts, interactions)
     prompts = prompts.with_columns(reason=reason, truth=truth)
-    return Built(batch, task, prompts, time.perf_counter() - started)
+    content_free = prepared.content_free_prompt() if plan.config.calibrated(task) else None
+    return Built(batch, task, prompts, time.perf_counter() - started, content_free)
 
 
 def _truth(

@@ -28,7 +28,7 @@ from itdr_batch.prompts.build import PromptConfig
 from itdr_batch.prompts.chat import CHAT_FORMATS, ChatFormat
 from itdr_batch.prompts.templates import DOMAINS
 from itdr_batch.scoring.modes import RATING_SCALE, ScoringConfig
-from itdr_batch.tasks import Mode, Task, spec
+from itdr_batch.tasks import Mode, ResultKind, Task, spec
 
 # Where overrides come from, in error messages.
 COMMAND_LINE = "command line"
@@ -135,9 +135,19 @@ class ScoringSection(Section):
     # How many times requests that failed in the engine are sent again before being rejected.
     retries: int = Field(default=2, ge=0)
     # Ranking tasks: presentation orders per user (balanced cyclic shifts of its candidates),
-    # scores averaged over them (README, "Position bias"). Left out of the digest at 1 (the
+    # scores averaged over them (README, "Presentation orders"). Left out of the digest at 1 (the
     # default), so configurations from before it keep their run ids.
     permutations: int = Field(default=1, ge=1, exclude_if=lambda k: k == 1)
+    # Ranking tasks in likelihood mode: also write `score_pmi`, the score minus the answer's
+    # log-probability after a content-free prompt (README, "Item-prior calibration"); and which
+    # of the two orders the list (`rank`, `prob`). Left out of the digest at their defaults.
+    pmi: StrictBool = Field(default=False, exclude_if=lambda on: not on)
+    rank_by: Literal["score", "score_pmi"] = Field(
+        default="score", exclude_if=lambda by: by == "score"
+    )
+    # RP in label or likelihood mode: also write `rating_calibrated`, the expected rating after
+    # contextual calibration of the scale's distribution (README, "Rating calibration").
+    calibrate_ratings: StrictBool = Field(default=False, exclude_if=lambda on: not on)
 
 
 class OutputConfig(Section):
@@ -159,6 +169,8 @@ class JobConfig(Section):
 
     @model_validator(mode="after")
     def _modes_fit_tasks(self) -> "JobConfig":
+        if self.scoring.rank_by == "score_pmi" and not self.scoring.pmi:
+            raise ValueError('scoring.rank_by = "score_pmi" needs scoring.pmi = true')
         for task in self.prompts.tasks:
             mode, allowed = self.mode(task), spec(task).modes
             if mode not in allowed:
@@ -166,6 +178,17 @@ class JobConfig(Section):
                 raise ValueError(
                     f"{key}: task {task} cannot be scored in mode {mode}; "
                     f"use {', '.join(sorted(allowed))}"
+                )
+            if self.scoring.pmi and spec(task).ranking and mode is not Mode.LIKELIHOOD:
+                raise ValueError(
+                    f"scoring.pmi: task {task} is scored in {mode} mode; the item prior "
+                    "calibrates likelihood scores"
+                )
+            rating = spec(task).result is ResultKind.RATING
+            if self.scoring.calibrate_ratings and rating and mode is Mode.GENERATE:
+                raise ValueError(
+                    f"scoring.calibrate_ratings: task {task} is scored in generate mode; "
+                    "calibration needs the scale's probabilities (label or likelihood mode)"
                 )
             if spec(task).ranking and self.scoring.permutations > self.prompts.candidates:
                 raise ValueError(
@@ -180,6 +203,13 @@ class JobConfig(Section):
                     f"task {task} needs prompts.source_domain and prompts.target_domain"
                 )
         return self
+
+    def calibrated(self, task: Task) -> bool:
+        """Whether ``task``'s scores are calibrated by a content-free prompt: ranking tasks by
+        the item prior (``scoring.pmi``), RP's scale (``scoring.calibrate_ratings``)."""
+        if spec(task).ranking:
+            return self.scoring.pmi
+        return self.scoring.calibrate_ratings and spec(task).result is ResultKind.RATING
 
     def orders(self, task: Task) -> int:
         """Presentation orders per row: ``scoring.permutations`` for ranking tasks, else 1."""

@@ -30,6 +30,7 @@ from pathlib import Path
 from itdr_batch.engines import Engine, open_engine
 from itdr_batch.errors import ItdrError
 from itdr_batch.run.build import Built, build_unit
+from itdr_batch.run.calibration import PRIORS, Priors
 from itdr_batch.run.config import JobConfig
 from itdr_batch.run.extract import extract
 from itdr_batch.run.folder import RunFolder
@@ -168,6 +169,7 @@ def _build_and_score(
     """Builds the next unit while the current one is scored and committed; every unit of a
     batch reads the batch's interactions, cut from the table once per run."""
     history = extract(plan, folder.parts)
+    priors = Priors(folder.parts / PRIORS)
 
     def build(batch: int, task: Task) -> Built:
         return build_unit(plan, batch, task, history.batch(batch))
@@ -178,7 +180,7 @@ def _build_and_score(
         while future is not None:
             built = future.result()
             future = next((builder.submit(build, *u) for u in ahead), None)
-            unit = score_unit(plan, scorers, built)
+            unit = score_unit(plan, scorers, built, priors)
             folder.commit(built.batch, built.task, unit.results, unit.rejects, unit.record)
             if reporter:
                 record = unit.record

@@ -45,6 +45,8 @@ def result_schema(task: Task, ids: Ids) -> pl.Schema:
             "label": pl.Boolean(),
             # Presentation orders (``scoring.permutations``, ``itdr_batch.run.orders``).
             "score_std": pl.Float64(),
+            # Item-prior calibration (``scoring.pmi``, ``itdr_batch.run.calibration``).
+            "score_pmi": pl.Float64(),
             "n_perms": pl.UInt32(),
             "kendall_tau": pl.Float64(),
         }
@@ -55,6 +57,8 @@ def result_schema(task: Task, ids: Ids) -> pl.Schema:
             "rating_argmax": pl.Float64(),
             "status": SCORE_STATUS,
             "label": pl.Float64(),
+            # ``scoring.calibrate_ratings`` (``itdr_batch.run.calibration``).
+            "rating_calibrated": pl.Float64(),
         }
     elif result is ResultKind.ATTRIBUTES:
         columns |= {"text": pl.String(), "fields": ATTRIBUTES, "status": SCORE_STATUS}
@@ -108,6 +112,8 @@ def scored_frame(task: Task, scored: Sequence[Scored]) -> pl.DataFrame:
     elif result is ResultKind.RATING:
         columns["rating"] = pl.Series([s.rating for s in scored], dtype=pl.Float64)
         columns["rating_argmax"] = pl.Series([s.rating_argmax for s in scored], dtype=pl.Float64)
+        # The scale's log-probabilities, which calibration reads.
+        columns["score"] = pl.Series([s.scores for s in scored], dtype=pl.List(pl.Float64))
     else:
         columns["text"] = pl.Series([s.text for s in scored], dtype=pl.String)
         if result is ResultKind.ATTRIBUTES:
@@ -147,8 +153,9 @@ def results_frame(
 
 
 def _spread(rows: pl.DataFrame) -> list[str]:
-    """The per-candidate spread over presentation orders, where there were several."""
-    return ["score_std"] if "score_std" in rows.columns else []
+    """The per-candidate lists a run has beyond one order's scores: the spread over several
+    presentation orders, the calibrated score."""
+    return [c for c in ("score_std", "score_pmi") if c in rows.columns]
 
 
 def rejects_frame(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import polars as pl
 
 from itdr_batch.run.build import Built
+from itdr_batch.run.calibration import Priors, with_calibrated_rating, with_pmi
 from itdr_batch.run.manifest import UnitRecord
 from itdr_batch.run.orders import fuse_orders
 from itdr_batch.run.plan import Plan
@@ -54,8 +55,9 @@ class ScoredUnit:
     record: UnitRecord
 
 
-def score_unit(plan: Plan, scorers: dict[str, Scorer], built: Built) -> ScoredUnit:
-    """``built`` scored with each adapter; ``scorers`` by task (empty in a dry run)."""
+def score_unit(plan: Plan, scorers: dict[str, Scorer], built: Built, priors: Priors) -> ScoredUnit:
+    """``built`` scored with each adapter; ``scorers`` by task (empty in a dry run); ``priors``
+    keeps the run's content-free scores (``scoring.pmi``, ``calibrate_ratings``)."""
     started = time.perf_counter()
     task, key = built.task, plan.ids.key
     ok = built.prompts.filter(pl.col("reason").is_null())
@@ -92,6 +94,8 @@ def score_unit(plan: Plan, scorers: dict[str, Scorer], built: Built) -> ScoredUn
                 [ok.drop("status", "reason"), scored_frame(task, outcome)], how="horizontal"
             ).with_columns(reason=_score_reject(task))
             frame = fuse_orders(frame, key, orders, plan.config.mode(task))
+            if built.content_free is not None:
+                frame = _calibrated(plan, scorer, priors, built, frame, adapter)
             kept = frame.filter(pl.col("reason").is_null())
             model = plan.config.model_path().name
             results.append(results_frame(task, plan.ids, kept, adapter, model, plan.run_id))
@@ -117,6 +121,40 @@ def score_unit(plan: Plan, scorers: dict[str, Scorer], built: Built) -> ScoredUn
         score_s=time.perf_counter() - started,
     )
     return ScoredUnit(pl.concat(results), pl.concat(rejects), record)
+
+
+def _calibrated(
+    plan: Plan,
+    scorer: Scorer,
+    priors: Priors,
+    built: Built,
+    frame: pl.DataFrame,
+    adapter: str | None,
+) -> pl.DataFrame:
+    """``frame`` calibrated against the content-free prompt (``run.calibration``): ranking tasks
+    gain ``score_pmi`` from their candidates' priors, RP ``rating_calibrated``."""
+    assert built.content_free is not None
+
+    def score(rows: list[Row]) -> list[Scored]:
+        scored = _score_with_retries(scorer, rows, plan.config.scoring.retries)
+        failed = next((s for s in scored if s.scores is None), None)
+        if failed is not None:
+            raise EngineCrashed(
+                f"the content-free prompt of {built.task} failed in the engine ({failed.status}: "
+                f"{failed.detail}); the run stops here and resumes from this batch"
+            )
+        return scored
+
+    if not spec(built.task).ranking:
+        prior = priors.scale(built.task, adapter, built.content_free, score)
+        return with_calibrated_rating(frame, prior, plan.config.scoring.rating_scale)
+    items = (
+        frame.filter(pl.col("reason").is_null())
+        .select(item_id="candidates", title="candidate_titles")
+        .explode("item_id", "title")
+    )
+    table = priors.of(built.task, adapter, items, built.content_free, score)
+    return with_pmi(frame, table, plan.config.scoring.rank_by)
 
 
 def _left_out(prompts: pl.DataFrame) -> dict[str, int]:
