@@ -30,7 +30,9 @@ from sklearn.metrics import (
 
 from itdr_batch.errors import ItdrError
 from itdr_batch.hashing import files_digest
+from itdr_batch.intervals import Values, intervals, paired, ranking_values, rating_values
 from itdr_batch.position_bias import position_bias
+from itdr_batch.reliability import probability_calibration, rating_tables
 from itdr_batch.run.folder import MANIFEST
 from itdr_batch.run.manifest import AdapterCounts, Manifest, ManifestError, read_record
 from itdr_batch.scoring.parsing import normalise
@@ -88,6 +90,8 @@ def evaluate(run_dir: Path, interactions_path: Path | None = None) -> dict[str, 
         counts = manifest.counts.tasks.get(task.value, {})
         for adapter, group in groups.items():
             group["rejected"] = counts[adapter].rejected if adapter in counts else 0
+            if result is ResultKind.RANKING and group["metrics"]["model"]:
+                group["metrics_overall"] = _overall(group)
         if result is ResultKind.TEXT and not any(g["metrics"]["model"] for g in groups.values()):
             absent[task.value] = _why_no_text_metrics(groups, counts)
         tasks[task.value] = groups
@@ -102,14 +106,16 @@ def write_json(result: dict[str, Any], path: Path) -> None:
 def render(result: dict[str, Any]) -> Table:
     """One row per (task, adapter, metric): the model next to the baselines, 4 decimals."""
     table = Table(title=f"Evaluation of run {result.get('run_id')}")
-    for name in ("task", "adapter", "users", "rejected", "metric", "model", *BASELINES):
+    columns = ("task", "adapter", "users", "rejected", "metric", "model", "95% CI", *BASELINES)
+    for name in columns:
         table.add_column(name, justify="left" if name in ("task", "adapter", "metric") else "right")
     for task, groups in result["tasks"].items():
         for adapter, group in groups.items():
             model = group["metrics"]["model"] or {}
             for metric, value in model.items():
                 baselines = [(group["metrics"][b] or {}).get(metric) for b in BASELINES]
-                cells = [_number(v) for v in (value, *baselines)]
+                interval = group.get("metrics_ci", {}).get("model", {}).get(metric)
+                cells = [_number(value), _interval(interval), *map(_number, baselines)]
                 users, rejected = str(group["users"]), str(group["rejected"])
                 table.add_row(task, adapter, users, rejected, metric, *cells)
     if result.get("note"):
@@ -286,10 +292,13 @@ def _ranking(
         "popularity": _scatter(_ordinal(group, "popularity", key), (n, width)),
     }
     failed = group.filter(~pl.col("has_score") & ~pl.col("has_rank"))[key].n_unique()
+    values = {name: ranking_values(relevance, s, HIT_KS, NDCG_KS) for name, s in scores.items()}
     return {
         "users": n,
         "failed": failed,
         "metrics": {name: _ranking_metrics(relevance, s) for name, s in scores.items()},
+        **_uncertainty(values, seed),
+        "calibration": _probabilities(group),
         # Columns are presented positions: each user's candidates sorted by position above.
         "position_bias": position_bias(relevance, present, scores) | _orders(group, key),
     }
@@ -380,7 +389,10 @@ def _rating(
         model=pl.col("rating").fill_null(worst),
         popularity=popularity,
         failed=pl.col("rating").is_null(),
+        # Generate mode has one number: it is both the expected and the most likely rating.
+        argmax=pl.col("rating_argmax").fill_null(pl.col("rating")),
     )
+    predicted = group.filter(~pl.col("failed"))
     truth = group["label"].to_numpy()
     predictions = {
         "model": group["model"].to_numpy(),
@@ -397,6 +409,38 @@ def _rating(
             }
             for name, p in predictions.items()
         },
+        **_uncertainty({n: rating_values(truth, p) for n, p in predictions.items()}, seed),
+        "tables": rating_tables(
+            predicted["label"].to_numpy(),
+            predicted["model"].to_numpy(),
+            predicted["argmax"].to_numpy(),
+            scale,
+        ),
+    }
+
+
+def _overall(group: dict[str, Any]) -> Metrics:
+    """The model's ranking metrics with the rejected users counted as misses (0), beside the
+    scored-only ``metrics``."""
+    users, rejected = group["users"], group["rejected"]
+    share = users / (users + rejected) if users + rejected else 0.0
+    return {name: value * share for name, value in group["metrics"]["model"].items()}
+
+
+def _probabilities(group: pl.DataFrame) -> dict[str, Any] | None:
+    """The model's ``prob`` against the labels (likelihood mode; null in generate mode)."""
+    scored = group.filter(pl.col("prob").is_finite())
+    if scored.is_empty():
+        return None
+    return probability_calibration(scored["label"].to_numpy(), scored["prob"].to_numpy())
+
+
+def _uncertainty(values: dict[str, Values], seed: int) -> dict[str, Any]:
+    """Each scorer's per-metric bootstrap interval (``metrics_ci``) and the model minus each
+    baseline on the same users (``model_vs``), from per-user values (``itdr_batch.intervals``)."""
+    return {
+        "metrics_ci": {name: intervals(v, seed) for name, v in values.items()},
+        "model_vs": {b: paired(values["model"], values[b], seed) for b in BASELINES},
     }
 
 
@@ -492,6 +536,12 @@ def _note(manifest: Manifest, tasks: dict[str, Any], absent: Mapping[str, str]) 
             "The model is untrained: its metrics show the pipeline working, not model quality."
         )
     return " ".join(sentences)
+
+
+def _interval(interval: dict[str, float] | None) -> str:
+    if interval is None:
+        return "-"
+    return f"[{interval['ci_low']:.4f}, {interval['ci_high']:.4f}]"
 
 
 def _number(value: float | None) -> str:

@@ -370,8 +370,10 @@ def test_render_and_write_json(tmp_path: Path) -> None:
         [cell.strip() for cell in line.split("│")[1:-1]]
         for line in console.export_text().splitlines()
     ]
-    assert ["nir", "base", "2", "0", "hr@1", "1.0000", "1.0000", "0.5000"] in rows
-    assert ["ir", "base", "1", "0", "rougeL", "1.0000", "-", "-"] in rows
+    # Two users who both hit: a bootstrap interval of one point.
+    hit = ["nir", "base", "2", "0", "hr@1", "1.0000", "[1.0000, 1.0000]", "1.0000", "0.5000"]
+    assert hit in rows
+    assert ["ir", "base", "1", "0", "rougeL", "1.0000", "-", "-", "-"] in rows
     out = tmp_path / "out" / "metrics.json"
     write_json(result, out)
     assert json.loads(out.read_text()) == result

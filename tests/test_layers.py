@@ -32,7 +32,12 @@ STAGES: dict[str, tuple[str, ...]] = {
     "engines": ("itdr_batch.engines",),
     "scoring": ("itdr_batch.scoring",),
     "run": ("itdr_batch.run",),
-    "evaluate": ("itdr_batch.evaluate", "itdr_batch.position_bias"),
+    "evaluate": (
+        "itdr_batch.evaluate",
+        "itdr_batch.position_bias",
+        "itdr_batch.intervals",
+        "itdr_batch.reliability",
+    ),
     "nightly": ("itdr_batch.nightly",),
     "dev": ("itdr_batch.dev",),
     "bench": ("itdr_batch.bench",),

@@ -1,0 +1,121 @@
+"""How sure a run's figures are: per-user bootstrap intervals and paired differences.
+
+Each ranking and rating metric is a mean over users of a per-user value (hr@k: the held-out item
+in the top k; ndcg@k: 1/log2(1 + rank) within k; mrr: 1/rank; p@5: hr@5/5; mae: the absolute
+error; rmse: the root of the mean squared error), so resampling users (scipy.stats.bootstrap,
+``RESAMPLES`` resamples, percentile intervals at ``CONFIDENCE``, seeded by the run's seed) gives
+its interval. Two scorers on the same users (the model and a baseline) are compared pairwise: the
+difference's interval, and a two-sided p-value from the bootstrap distribution (twice the share
+of resampled differences on the far side of zero). Percentile intervals, not BCa: BCa fails on a
+metric every user shares (all hits), which small runs produce.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy.stats import bootstrap
+
+RESAMPLES = 2000
+CONFIDENCE = 0.95
+# Per-user values -> the metric (along ``axis``, as scipy's vectorised statistics take them).
+Statistic = Callable[[npt.NDArray[np.float64], int], npt.NDArray[np.float64]]
+Values = dict[str, npt.NDArray[np.float64]]
+
+
+def _mean(values: npt.NDArray[np.float64], axis: int = -1) -> npt.NDArray[np.float64]:
+    return np.asarray(np.mean(values, axis=axis))
+
+
+def _root_mean(values: npt.NDArray[np.float64], axis: int = -1) -> npt.NDArray[np.float64]:
+    return np.asarray(np.sqrt(np.mean(values, axis=axis)))
+
+
+# rmse's per-user value is the squared error; every other metric's is averaged as it is.
+STATISTICS: dict[str, Statistic] = {"rmse": _root_mean}
+
+
+def ranks(relevance: npt.NDArray[np.int64], scores: npt.NDArray[np.float64]) -> npt.NDArray[Any]:
+    """Each user's rank of the held-out item (1 = first) under tie-free ``scores``."""
+    users = np.arange(relevance.shape[0])
+    truth = scores[users, relevance.argmax(axis=1)]
+    return np.asarray(1 + (scores > truth[:, None]).sum(axis=1))
+
+
+def ranking_values(
+    relevance: npt.NDArray[np.int64],
+    scores: npt.NDArray[np.float64],
+    hit_ks: tuple[int, ...],
+    ndcg_ks: tuple[int, ...],
+) -> Values:
+    """Per user, the value each ranking metric averages."""
+    rank = ranks(relevance, scores).astype(float)
+    values = {f"hr@{k}": (rank <= k).astype(float) for k in hit_ks}
+    values |= {f"ndcg@{k}": np.where(rank <= k, 1 / np.log2(rank + 1), 0.0) for k in ndcg_ks}
+    values["mrr"] = 1 / rank
+    values["p@5"] = (rank <= 5) / 5
+    return values
+
+
+def rating_values(truth: npt.NDArray[np.float64], predicted: npt.NDArray[np.float64]) -> Values:
+    """Per user, the value RMSE (squared error) and MAE (absolute error) average."""
+    error = predicted - truth
+    return {"rmse": error**2, "mae": np.abs(error)}
+
+
+def intervals(values: Values, seed: int) -> dict[str, dict[str, float] | None]:
+    """Per metric, ``ci_low``/``ci_high`` of its bootstrap interval (None under two users)."""
+    out: dict[str, dict[str, float] | None] = {}
+    for name, per_user in values.items():
+        if len(per_user) < 2:
+            out[name] = None
+            continue
+        statistic = STATISTICS.get(name, _mean)
+        result = bootstrap(
+            (per_user,),
+            statistic,
+            n_resamples=RESAMPLES,
+            confidence_level=CONFIDENCE,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+        low, high = result.confidence_interval
+        out[name] = {"ci_low": float(low), "ci_high": float(high)}
+    return out
+
+
+def paired(first: Values, second: Values, seed: int) -> dict[str, dict[str, float] | None]:
+    """Per metric, ``first`` minus ``second`` on the same users: the difference, its bootstrap
+    interval and a two-sided p-value (None under two users)."""
+    out: dict[str, dict[str, float] | None] = {}
+    for name, a in first.items():
+        b = second[name]
+        statistic = STATISTICS.get(name, _mean)
+        difference = float(statistic(a, -1) - statistic(b, -1))
+        if len(a) < 2:
+            out[name] = None
+            continue
+
+        def gap(x: Any, y: Any, axis: int = -1, f: Statistic = statistic) -> Any:
+            return f(x, axis) - f(y, axis)
+
+        result = bootstrap(
+            (a, b),
+            gap,
+            paired=True,
+            n_resamples=RESAMPLES,
+            confidence_level=CONFIDENCE,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+        low, high = result.confidence_interval
+        spread = result.bootstrap_distribution
+        p_value = min(1.0, 2 * min(float(np.mean(spread <= 0)), float(np.mean(spread >= 0))))
+        out[name] = {
+            "difference": difference,
+            "ci_low": float(low),
+            "ci_high": float(high),
+            "p_value": p_value,
+        }
+    return out
