@@ -15,6 +15,8 @@ import numpy.typing as npt
 from rich.table import Table
 from scipy.stats import chisquare
 
+from itdr_batch.intervals import ranks
+
 
 def position_bias(
     relevance: npt.NDArray[np.int64],
@@ -23,7 +25,6 @@ def position_bias(
 ) -> dict[str, Any]:
     """``relevance`` (users x positions, one 1 per row), ``present`` (the real candidates) and
     tie-free ``scores`` per scorer (padding below every candidate), as ``evaluate`` builds them."""
-    users = np.arange(relevance.shape[0])
     held = relevance.argmax(axis=1)
     lengths = present.sum(axis=1)
     width = int(lengths.max())
@@ -37,8 +38,7 @@ def position_bias(
         "users_with_full_list": int(full.sum()),
     }
     for name, matrix in scores.items():
-        truth = matrix[users, held]
-        rank = 1 + (matrix > truth[:, None]).sum(axis=1)
+        rank = ranks(relevance, matrix)
         top = matrix.argmax(axis=1)
         counts = np.bincount(top[full], minlength=width)[:width]
         out[name] = {

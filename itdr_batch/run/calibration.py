@@ -43,7 +43,7 @@ class Priors:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._known: dict[tuple[Task, str], pl.DataFrame] = {}
+        self._known: dict[Path, pl.DataFrame] = {}
 
     def of(
         self,
@@ -56,11 +56,7 @@ class Priors:
         """``item_id`` and ``prior`` of ``items`` (``item_id``, ``title``), scoring with ``score``
         (after ``prompt``) those no earlier unit of the run did; ``score`` raises rather than
         return a failed row."""
-        name = adapter or "base"
-        path = self.folder / f"{task}.{name}.parquet"
-        known = self._known.get((task, name))
-        if known is None:
-            known = pl.read_parquet(path) if path.is_file() else None
+        path, known = self._kept(task, adapter)
         new = items.unique("item_id", maintain_order=True)
         if known is not None:
             new = new.join(known, on="item_id", how="anti", maintain_order="left")
@@ -73,9 +69,8 @@ class Priors:
                 priors.extend(scored.scores)
             scored_items = new.select("item_id", pl.Series(PRIOR, priors, pl.Float64))
             known = scored_items if known is None else pl.concat([known, scored_items])
-            write_parquet_atomic(known, path)
+            self._keep(path, known)
         assert known is not None
-        self._known[task, name] = known
         return known
 
     def scale(
@@ -87,18 +82,26 @@ class Priors:
     ) -> list[float]:
         """The rating scale's log-probabilities after ``prompt``: scored by the run's first unit,
         read back from the run folder by the others and by a resumed run."""
-        name = adapter or "base"
-        path = self.folder / f"{task}.{name}.parquet"
-        known = self._known.get((task, name))
-        if known is None and path.is_file():
-            known = pl.read_parquet(path)
+        path, known = self._kept(task, adapter)
         if known is None:
             (scored,) = score([Row(prompt, (), adapter)])
             assert scored.scores is not None, "score() returns scored rows or raises"
             known = pl.DataFrame({PRIOR: scored.scores}, schema={PRIOR: pl.Float64})
-            write_parquet_atomic(known, path)
-        self._known[task, name] = known
+            self._keep(path, known)
         return known[PRIOR].to_list()
+
+    def _kept(self, task: Task, adapter: str | None) -> tuple[Path, pl.DataFrame | None]:
+        """Where ``task`` and ``adapter``'s scores are kept, and those kept so far (this process
+        holds them once read; a resumed run reads them from the folder)."""
+        path = self.folder / f"{task}.{adapter or 'base'}.parquet"
+        known = self._known.get(path)
+        if known is None and path.is_file():
+            known = self._known[path] = pl.read_parquet(path)
+        return path, known
+
+    def _keep(self, path: Path, known: pl.DataFrame) -> None:
+        write_parquet_atomic(known, path)
+        self._known[path] = known
 
 
 def with_calibrated_rating(
