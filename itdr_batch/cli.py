@@ -341,7 +341,12 @@ def score(
 
 @app.command("evaluate")
 def evaluate_run(
-    run: Annotated[Path, typer.Argument(help="Folder of a complete evaluation-mode run.")],
+    run: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder of a complete evaluation-mode run, or a night of shard runs (one run)."
+        ),
+    ],
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Where the figures go [RUN/evaluation.json].")
     ] = None,
@@ -353,16 +358,35 @@ def evaluate_run(
     ] = None,
 ) -> None:
     """Ranking, rating and text metrics of a run, next to random and popularity baselines."""
-    from itdr_batch.evaluate import evaluate, render, write_json
+    from itdr_batch.evaluate import evaluation, render, run_folders, write_json
     from itdr_batch.position_bias import render_position_bias
 
-    result = evaluate(run, interactions)
+    result = evaluation(run_folders(run) or [run], interactions).result
     path = json_path or run / "evaluation.json"
     write_json(result, path)
     console.print(render(result))
     if bias := render_position_bias(result):
         console.print(bias)
     console.print(f"written to {escape(str(path))}", highlight=False)
+
+
+@app.command()
+def report(
+    runs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Run folders, or nights of shard runs (out/nightly/NIGHT); the first is the "
+            "reference the others are compared with."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path("report.html"),
+) -> None:
+    """One self-contained HTML page (no network): metrics with intervals, paired differences,
+    position bias, rating calibration, score distributions, throughput and rejects."""
+    from itdr_batch.report import build_report, write_report
+
+    path = write_report(build_report(runs), out)
+    console.print(f"report written to {escape(str(path))}", highlight=False)
 
 
 @app.command()
@@ -398,6 +422,7 @@ Results are in {escape(str(run))}/ (the contract is in README.md, "Results"):
   rejects.parquet  users without a result, with the reason
   _manifest.json   run id, config, model and adapter hashes, counts, timings
   evaluation.json  the metrics above
+  report.html      the same with intervals and charts (opens offline in a browser)
 Read them with Polars:
   python -c "import polars as pl; print(pl.read_parquet('{escape(str(run))}/tkr.parquet'))"
 Score again, or your own shard, with the same configuration:
@@ -406,6 +431,7 @@ Score again, or your own shard, with the same configuration:
         soft_wrap=True,
     )
     _print_logs(logs)
+    console.print(f"report: {escape(str(shown.report))}", highlight=False, soft_wrap=True)
 
 
 def print_run(result: JobResult) -> None:

@@ -9,7 +9,8 @@ text), and each group reports how many users failed.
 
 import math
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,49 +55,83 @@ class EvaluationError(ItdrError):
     """The run directory cannot be evaluated: what is wrong and where."""
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """``result``: what ``evaluation.json`` holds. ``users``: per (task, adapter) of a ranking or
+    rating task, the model's per-user metric values keyed by the run's ``key`` column, so two runs
+    can be compared on the users both scored (``itdr_batch.intervals.compare``)."""
+
+    result: dict[str, Any]
+    users: dict[tuple[str, str], pl.DataFrame]
+    key: str
+    seed: int
+    manifests: list[Manifest]
+
+
 def evaluate(run_dir: Path, interactions_path: Path | None = None) -> dict[str, Any]:
     """Metrics per task and adapter for the model and both baselines (JSON-serialisable).
 
     The baselines read the run's interactions table: the manifest's, or ``interactions_path``
     (a moved copy); either way its content must be the run's (the manifest's sha256).
     """
-    manifest = _manifest(run_dir)
-    config = manifest.config
-    key = manifest.key
+    return evaluation([run_dir], interactions_path).result
+
+
+def evaluation(run_dirs: Sequence[Path], interactions_path: Path | None = None) -> Evaluation:
+    """``evaluate`` over one run, or over the shards of one job (a night: the same job on
+    disjoint users, each shard on its own interactions) as one run of all their users."""
+    manifests = _manifests(run_dirs)
+    if interactions_path is not None and len(run_dirs) > 1:
+        raise EvaluationError("--interactions names the table of one run, not of several shards")
+    first = manifests[0]
+    config, key = first.config, first.key
     interactions = _Interactions(
-        interactions_path or config.data.interactions, manifest.inputs["interactions"].sha256
+        [
+            (interactions_path or m.config.data.interactions, m.inputs["interactions"].sha256)
+            for m in manifests
+        ]
     )
-    if config.data.item_counts is not None and "item_counts" in manifest.inputs:
+    if config.data.item_counts is not None and "item_counts" in first.inputs:
         # A shard run on its own interactions: popularity is the whole table's, as it sampled.
-        interactions.use_counts(config.data.item_counts, manifest.inputs["item_counts"].sha256)
+        interactions.use_counts(config.data.item_counts, first.inputs["item_counts"].sha256)
     tasks: dict[str, Any] = {}
+    users: dict[tuple[str, str], pl.DataFrame] = {}
     absent: dict[str, str] = {}
-    for task, path in _task_files(run_dir, manifest):
-        frame = _read_results(path)
-        result = spec(task).result
+    for task in config.prompts.tasks:
+        frame = _read_task(run_dirs, manifests, task)
+        kind = spec(task).result
         groups: dict[str, Any] = {}
         for adapter, group in _by_adapter(frame, key):
-            if result is ResultKind.RANKING:
-                groups[adapter] = _ranking(group, key, path, interactions.counts(), config.seed)
-            elif result is ResultKind.RATING:
+            if kind is ResultKind.RANKING:
+                groups[adapter], per_user = _ranking(
+                    group, key, task, interactions.counts(), config.seed
+                )
+                users[task.value, adapter] = per_user
+            elif kind is ResultKind.RATING:
                 scale = config.scoring.rating_scale
-                groups[adapter] = _rating(group, interactions.ratings(scale), scale, config.seed)
-            elif result is ResultKind.ATTRIBUTES:
+                ratings = interactions.ratings(scale)
+                groups[adapter], per_user = _rating(group, key, ratings, scale, config.seed)
+                users[task.value, adapter] = per_user
+            elif kind is ResultKind.ATTRIBUTES:
                 groups[adapter] = _attributes(group, config.seed)
             else:
                 groups[adapter] = _text(group)
         # Rows the job rejected (no prompt, engine failure, unparsable output) are not in the
         # task's file: their count says how much of the shard the metrics cover.
-        counts = manifest.counts.tasks.get(task.value, {})
+        counts = _task_counts(manifests, task)
         for adapter, group in groups.items():
             group["rejected"] = counts[adapter].rejected if adapter in counts else 0
-            if result is ResultKind.RANKING and group["metrics"]["model"]:
+            if kind is ResultKind.RANKING and group["metrics"]["model"]:
                 group["metrics_overall"] = _overall(group)
-        if result is ResultKind.TEXT and not any(g["metrics"]["model"] for g in groups.values()):
+        if kind is ResultKind.TEXT and not any(g["metrics"]["model"] for g in groups.values()):
             absent[task.value] = _why_no_text_metrics(groups, counts)
         tasks[task.value] = groups
-    note = _note(manifest, tasks, absent)
-    return {"run_id": manifest.run_id, "tasks": tasks, "note": note}
+    note = _note(first, tasks, absent)
+    ids = [m.run_id for m in manifests]
+    result = {"run_id": "+".join(ids), "tasks": tasks, "note": note}
+    if len(ids) > 1:
+        result["runs"] = ids
+    return Evaluation(result, users, key, config.seed, manifests)
 
 
 def write_json(result: dict[str, Any], path: Path) -> None:
@@ -145,15 +180,54 @@ def _manifest(run_dir: Path) -> Manifest:
     return manifest
 
 
-def _task_files(run_dir: Path, manifest: Manifest) -> Iterator[tuple[Task, Path]]:
-    """Each task the run scored with its result file; a task without its file is an error."""
-    for task in manifest.config.prompts.tasks:
+def run_folders(path: Path) -> list[Path]:
+    """The run folders of ``path``: itself when it is one, else the runs one level down (a
+    night's shards); empty when neither."""
+    if (path / MANIFEST).is_file():
+        return [path]
+    return sorted(p.parent for p in path.glob(f"*/{MANIFEST}"))
+
+
+def _manifests(run_dirs: Sequence[Path]) -> list[Manifest]:
+    """Each run's manifest; several must be one job's shards (only their data differs)."""
+    if not run_dirs:
+        raise EvaluationError("no run folder to evaluate")
+    manifests = [_manifest(d) for d in run_dirs]
+    first = manifests[0]
+    job = first.config.model_dump(mode="json", exclude={"data", "output"})
+    for run_dir, manifest in zip(run_dirs[1:], manifests[1:], strict=True):
+        if (
+            manifest.key != first.key
+            or manifest.config.model_dump(mode="json", exclude={"data", "output"}) != job
+        ):
+            raise EvaluationError(
+                f"{run_dir / MANIFEST}: not a shard of the same job as {run_dirs[0]} (its "
+                "configuration differs beyond data and output); evaluate such runs apart"
+            )
+    return manifests
+
+
+def _read_task(run_dirs: Sequence[Path], manifests: Sequence[Manifest], task: Task) -> pl.DataFrame:
+    """The task's results of every run; a task without its file is an error, and so is a user
+    in two shards (each would count twice)."""
+    frames: list[pl.DataFrame] = []
+    for run_dir, manifest in zip(run_dirs, manifests, strict=True):
         if task.value not in manifest.files:
             raise EvaluationError(f"{run_dir / MANIFEST}: no entry in files for task {task!r}")
         path = run_dir / manifest.files[task.value]
         if not path.is_file():
             raise EvaluationError(f"missing result file for task {task.value!r}: {path}")
-        yield task, path
+        frames.append(_read_results(path).with_columns(_run=pl.lit(len(frames))))
+    frame = pl.concat(frames, how="vertical_relaxed")
+    key = manifests[0].key
+    runs = frame.group_by(key).agg(pl.col("_run").n_unique())
+    shared = runs.filter(pl.col("_run") > 1).sort(key)
+    if shared.height:
+        raise EvaluationError(
+            f"{key} {shared[key][0]!r} was scored for {task.value!r} by more than one of "
+            f"{', '.join(map(str, run_dirs))} ({shared.height} in all): shards hold disjoint users"
+        )
+    return frame.drop("_run")
 
 
 def _read_results(path: Path) -> pl.DataFrame:
@@ -161,6 +235,21 @@ def _read_results(path: Path) -> pl.DataFrame:
         return pl.read_parquet(path)
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise EvaluationError(f"{path}: cannot be read as Parquet ({exc})") from exc
+
+
+def _task_counts(manifests: Sequence[Manifest], task: Task) -> dict[str, AdapterCounts]:
+    """Per adapter, the runs' counts of ``task`` added up."""
+    summed: dict[str, AdapterCounts] = {}
+    for manifest in manifests:
+        for adapter, c in manifest.counts.tasks.get(task.value, {}).items():
+            was = summed.get(adapter, AdapterCounts(scored=0, rejected=0, reasons={}))
+            reasons = Counter(was.reasons) + Counter(c.reasons)
+            summed[adapter] = AdapterCounts(
+                scored=was.scored + c.scored,
+                rejected=was.rejected + c.rejected,
+                reasons=dict(reasons),
+            )
+    return summed
 
 
 def _by_adapter(frame: pl.DataFrame, key: str) -> Iterator[tuple[str, pl.DataFrame]]:
@@ -188,11 +277,12 @@ def _verify(path: Path, sha256: str, what: str, fix: str) -> None:
 
 
 class _Interactions:
-    """The run's interactions table, read only if a baseline needs it, and at most once each."""
+    """The run's interactions table (a night's: its shards' tables together), read only if a
+    baseline needs it, and at most once each."""
 
-    def __init__(self, path: Path, sha256: str) -> None:
-        self.path = path
-        self.sha256 = sha256
+    def __init__(self, tables: list[tuple[Path, str]]) -> None:
+        self.tables = tables
+        self.path = tables[0][0] if len(tables) == 1 else tables[0][0].parent
         self._verified = False
         self._counts: pl.DataFrame | None = None
         self._ratings: tuple[pl.DataFrame, float] | None = None
@@ -200,7 +290,7 @@ class _Interactions:
     def _scan(self, *columns: str) -> pl.LazyFrame:
         if not self._verified:
             self._verify()
-        scan = pl.scan_parquet(self.path)
+        scan = pl.scan_parquet([path for path, _ in self.tables])
         absent = set(columns) - set(scan.collect_schema().names())
         if absent:
             raise EvaluationError(f"{self.path} has no column(s) {sorted(absent)}")
@@ -208,7 +298,8 @@ class _Interactions:
 
     def _verify(self) -> None:
         fix = "pass --interactions with a copy of the table the run read"
-        _verify(self.path, self.sha256, "interactions table", fix)
+        for path, sha256 in self.tables:
+            _verify(path, sha256, "interactions table", fix)
         self._verified = True
 
     def use_counts(self, path: Path, sha256: str) -> None:
@@ -243,15 +334,17 @@ class _Interactions:
 
 
 def _ranking(
-    group: pl.DataFrame, key: str, path: Path, counts: pl.DataFrame, seed: int
-) -> dict[str, Any]:
-    """HR@k, NDCG@k, MRR and P@5 over users, each user's candidates one row of a score matrix."""
+    group: pl.DataFrame, key: str, task: Task, counts: pl.DataFrame, seed: int
+) -> tuple[dict[str, Any], pl.DataFrame]:
+    """HR@k, NDCG@k, MRR and P@5 over users, each user's candidates one row of a score matrix;
+    and the model's per-user values."""
     group = group.with_columns(pl.col("label").fill_null(False), pl.col("score").fill_nan(None))
     per_user = group.group_by(key).agg(pl.col("label").sum().alias("labels"))
     bad = per_user.filter(pl.col("labels") != 1).sort(key)
     if bad.height:
         raise EvaluationError(
-            f"{path}: {key} {bad[key][0]!r} has {bad['labels'][0]} candidates labelled true "
+            f"{task.value} results: {key} {bad[key][0]!r} has {bad['labels'][0]} candidates "
+            "labelled true "
             f"({bad.height} user(s) in all); an evaluation run has exactly one per user"
         )
     group = group.sort(key, "position").with_columns(
@@ -293,6 +386,8 @@ def _ranking(
     }
     failed = group.filter(~pl.col("has_score") & ~pl.col("has_rank"))[key].n_unique()
     values = {name: ranking_values(relevance, s, HIT_KS, NDCG_KS) for name, s in scores.items()}
+    # Rows of the matrices are users in key order (``row`` above).
+    per_user = pl.DataFrame({key: group[key].unique(maintain_order=True), **values["model"]})
     return {
         "users": n,
         "failed": failed,
@@ -301,7 +396,7 @@ def _ranking(
         "calibration": _probabilities(group),
         # Columns are presented positions: each user's candidates sorted by position above.
         "position_bias": position_bias(relevance, present, scores) | _orders(group, key),
-    }
+    }, per_user
 
 
 def _orders(group: pl.DataFrame, key: str) -> dict[str, Any]:
@@ -358,17 +453,18 @@ def _ranking_metrics(relevance: npt.NDArray[np.int64], scores: Matrix) -> Metric
 
 def _rating(
     group: pl.DataFrame,
+    key: str,
     ratings: tuple[pl.DataFrame, float],
     scale: list[float] | tuple[float, ...],
     seed: int,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], pl.DataFrame]:
     """RMSE and MAE of the predicted ratings over users whose held-out rating is known (and
-    finite); a non-finite prediction counts as failed."""
+    finite), a non-finite prediction counting as failed; and the model's per-user values."""
     group = group.filter(pl.col("label").is_finite()).with_columns(
         rating=pl.when(pl.col("rating").is_finite()).then("rating")
     )
     if group.is_empty():
-        return _empty()
+        return _empty(), pl.DataFrame({key: group[key]})
     stats, global_mean = ratings
     stats = stats.with_columns(pl.col("item_id").cast(group["item_id"].dtype, strict=False))
     low, high = min(scale), max(scale)
@@ -385,6 +481,7 @@ def _rating(
         .otherwise(global_mean)
     )
     group = group.join(stats, on="item_id", how="left", maintain_order="left").select(
+        key,
         "label",
         model=pl.col("rating").fill_null(worst),
         popularity=popularity,
@@ -399,6 +496,7 @@ def _rating(
         "random": np.random.default_rng(seed).choice(np.asarray(scale, float), group.height),
         "popularity": group["popularity"].to_numpy(),
     }
+    values = {n: rating_values(truth, p) for n, p in predictions.items()}
     return {
         "users": group.height,
         "failed": int(group["failed"].sum()),
@@ -409,14 +507,14 @@ def _rating(
             }
             for name, p in predictions.items()
         },
-        **_uncertainty({n: rating_values(truth, p) for n, p in predictions.items()}, seed),
+        **_uncertainty(values, seed),
         "tables": rating_tables(
             predicted["label"].to_numpy(),
             predicted["model"].to_numpy(),
             predicted["argmax"].to_numpy(),
             scale,
         ),
-    }
+    }, pl.DataFrame({key: group[key], **values["model"]})
 
 
 def _overall(group: dict[str, Any]) -> Metrics:

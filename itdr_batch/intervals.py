@@ -6,7 +6,8 @@ error; rmse: the root of the mean squared error), so resampling users (scipy.sta
 ``RESAMPLES`` resamples, percentile intervals at ``CONFIDENCE``, seeded by the run's seed) gives
 its interval. Two scorers on the same users (the model and a baseline) are compared pairwise: the
 difference's interval, and a two-sided p-value from the bootstrap distribution (twice the share
-of resampled differences on the far side of zero). Percentile intervals, not BCa: BCa fails on a
+of resampled differences on the far side of zero); two runs (or adapters) likewise on the users
+both scored (``compare``). Percentile intervals, not BCa: BCa fails on a
 metric every user shares (all hits), which small runs produce.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import polars as pl
 from scipy.stats import bootstrap
 
 RESAMPLES = 2000
@@ -119,3 +121,20 @@ def paired(first: Values, second: Values, seed: int) -> dict[str, dict[str, floa
             "p_value": p_value,
         }
     return out
+
+
+def compare(first: pl.DataFrame, second: pl.DataFrame, key: str, seed: int) -> dict[str, Any]:
+    """``first`` minus ``second`` (per-user values keyed by ``key``, as ``evaluate`` gives them)
+    on the users both scored: ``users`` and ``paired``'s figures per metric, each with
+    ``significant`` (its interval leaves out zero); None under two users in common."""
+    both = first.join(second, on=key, how="inner", suffix="\x00")
+    metrics = [c for c in first.columns if c != key and c in second.columns]
+    if both.height < 2:
+        return {"users": both.height, "metrics": dict.fromkeys(metrics)}
+    a = {m: both[m].to_numpy().astype(float) for m in metrics}
+    b = {m: both[f"{m}\x00"].to_numpy().astype(float) for m in metrics}
+    differences = paired(a, b, seed)
+    for figures in differences.values():
+        if figures is not None:
+            figures["significant"] = not figures["ci_low"] <= 0.0 <= figures["ci_high"]
+    return {"users": both.height, "metrics": differences}

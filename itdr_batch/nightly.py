@@ -5,7 +5,9 @@ import the tasks they run. Thin by design: splitting is ``itdr_batch.tables.shar
 (``itdr-batch shard --interactions``: the users, their interactions and the whole log's item
 counts) and each shard runs ``itdr_batch.run.job.run_job``, the very code behind
 ``itdr-batch score``, on its own interactions and those counts. So a shard's folder is an
-ordinary run folder (results, rejects, manifest) and a complete one is skipped.
+ordinary run folder (results, rejects, manifest) and a complete one is skipped. The night's
+``report.html`` (``itdr_batch.report``, the night's shards as one run) compares it with the
+previous night; a markdown artifact carries its headline figures.
 
 Shards run as Prefect tasks on a Ray cluster through prefect-ray's ``RayTaskRunner``: the address
 comes from the parameters (a local cluster when none is given), each task asks Ray for one GPU on
@@ -24,11 +26,16 @@ from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
-from itdr_batch.evaluate import evaluate
+from itdr_batch.errors import ItdrError
+from itdr_batch.evaluate import BASELINES
+from itdr_batch.report import Report, build_report, write_report
 from itdr_batch.run import EngineCrashed, Manifest, load_config, run_job
 from itdr_batch.run.progress import LogReporter
 from itdr_batch.tables.shard import split
 from itdr_batch.tables.sink import write_json_atomic
+
+SUMMARY = "_summary.json"
+REPORT = "report.html"
 
 
 def transient(_task: Any, _run: Any, state: Any) -> bool:
@@ -118,7 +125,8 @@ def nightly(
     ``out/NIGHT/shard-*``; publish the summary.
 
     ``night`` (default: the UTC date the flow run was scheduled for) names the night's folder, so
-    each night is a run of its own while a retried or rerun night finds its finished shards.
+    each night is a run of its own while a retried or rerun night finds its finished shards. The
+    night's ``report.html`` compares it with the latest earlier night in ``out``.
     """
     logger = get_run_logger()
     night = night or flow_run.scheduled_start_time.astimezone(UTC).date().isoformat()
@@ -139,9 +147,26 @@ def nightly(
         retry_delay_s=retry_delay_s,
     )
     summary = {"night": night, "out": str(folder), **_summary(results)}
-    write_json_atomic(summary, folder / "_summary.json")
-    _publish(summary)
+    report = _report(folder)
+    summary["report"] = str(write_report(report, folder / REPORT))
+    write_json_atomic(summary, folder / SUMMARY)
+    _publish(summary, report)
     return summary
+
+
+def _report(folder: Path) -> Report:
+    """Tonight's report; against the latest earlier finished night beside it, when one exists
+    and can be read (otherwise tonight alone, with a warning: it must not fail the night)."""
+    logger = get_run_logger()
+    earlier = sorted(
+        p.parent for p in folder.parent.glob(f"*/{SUMMARY}") if p.parent.name < folder.name
+    )
+    if earlier:
+        try:
+            return build_report([earlier[-1], folder])
+        except ItdrError as exc:
+            logger.warning("%s: no comparison with the previous night: %s", folder, exc)
+    return build_report([folder])
 
 
 def _ray_runner(address: str | None) -> Any:
@@ -177,8 +202,8 @@ def _summary(results: list[ShardResult]) -> dict[str, Any]:
     return {"rows": sum(s["rows"] for s in shards), "shards": shards}
 
 
-def _publish(summary: dict[str, Any]) -> None:
-    """Per-shard counts, throughput and rejects; evaluation metrics in evaluation runs."""
+def _publish(summary: dict[str, Any], report: Report) -> None:
+    """Per-shard counts, throughput and rejects; the headline figures of evaluation runs."""
     table = []
     for shard in summary["shards"]:
         for task_name, adapters in shard["tasks"].items():
@@ -201,28 +226,52 @@ def _publish(summary: dict[str, Any]) -> None:
                     }
                 )
     create_table_artifact(table, key="itdr-nightly-shards", description="Shards of the run")
-    lines = []
-    for shard in summary["shards"]:
-        if not shard["evaluation"]:
-            continue
-        metrics = evaluate(Path(shard["out"]))
-        for task_name, groups in metrics["tasks"].items():
-            for adapter, group in groups.items():
-                for metric, value in (group["metrics"]["model"] or {}).items():
-                    random = (group["metrics"]["random"] or {}).get(metric)
-                    popular = (group["metrics"]["popularity"] or {}).get(metric)
-                    lines.append(
-                        f"| {shard['shard']} | {task_name} | {adapter} | {metric} | "
-                        f"{_cell(value)} | {_cell(random)} | {_cell(popular)} |"
-                    )
-    if lines:
-        header = [
-            "| shard | task | adapter | metric | model | random | popularity |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        create_markdown_artifact(
-            "\n".join([*header, *lines]), key="itdr-nightly-evaluation", description="Evaluation"
-        )
+    create_markdown_artifact(
+        headline(report, summary["report"]), key="itdr-nightly-report", description="Evaluation"
+    )
+
+
+def headline(report: Report, path: str) -> str:
+    """Markdown: tonight's metrics with their 95% intervals next to the baselines, and, when the
+    report holds an earlier night, tonight minus it (interval, p-value, significance)."""
+    tonight = report.runs[-1]
+    lines = [f"Night {tonight.name}: {tonight.users:,} users. Report: `{path}`", ""]
+    if tonight.evaluation is None:
+        return "\n".join([*lines, "Not an evaluation-mode run: no metrics."])
+    previous = report.runs[0].name if len(report.runs) > 1 else None
+    versus = {
+        (task_name, c["first"], metric): figures
+        for task_name, found in report.comparisons.items()
+        for c in found
+        if previous and c["second"].startswith(f"{previous}/")
+        for metric, figures in c["metrics"].items()
+    }
+    header = "| task | adapter | metric | tonight | 95% interval | random | popularity |"
+    rule = "|---|---|---|---|---|---|---|"
+    if previous:
+        header += f" minus {previous} | 95% interval | p |"
+        rule += "---|---|---|"
+    lines += [header, rule]
+    for task_name, groups in tonight.evaluation.result["tasks"].items():
+        for adapter, group in groups.items():
+            for metric, value in (group["metrics"]["model"] or {}).items():
+                bounds = group.get("metrics_ci", {}).get("model", {}).get(metric)
+                cells = [task_name, adapter, metric, _cell(value), _bounds(bounds)]
+                cells += [_cell((group["metrics"][b] or {}).get(metric)) for b in BASELINES]
+                if previous:
+                    d = versus.get((task_name, f"{tonight.name}/{adapter}", metric))
+                    mark = "" if d is None or d["significant"] else " (not significant)"
+                    cells += [
+                        "-" if d is None else f"{d['difference']:+.4f}{mark}",
+                        _bounds(d),
+                        "-" if d is None else f"{d['p_value']:.3g}",
+                    ]
+                lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _bounds(figures: dict[str, Any] | None) -> str:
+    return "-" if figures is None else f"[{figures['ci_low']:.4f}, {figures['ci_high']:.4f}]"
 
 
 def _cell(value: float | None) -> str:

@@ -476,6 +476,9 @@ def test_demo_runs_offline_on_a_trained_tokenizer(
     assert manifest["counts"]["tasks"]["tkr"]["a1"]["scored"] == 50
     evaluation = json.loads((tmp_path / "demo/run/evaluation.json").read_text())
     assert set(evaluation["tasks"]) == {"tkr", "rp"}
+    report = tmp_path / "demo/run/report.html"
+    assert result.output.rstrip().endswith(f"report: {report.resolve()}")
+    assert 'id="metrics-run-tkr-a1"' in report.read_text()
     again = cli.invoke(app, ["demo", "--out", "demo", "--engine", "hf"])
     assert again.exit_code == 0
     assert "already complete" in again.output

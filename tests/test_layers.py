@@ -1,9 +1,9 @@
 """The package's stages: no module imports a stage above its own (imports inside functions and
 under ``TYPE_CHECKING`` count too), and every module belongs to a stage.
 
-Lowest first: base, tables, prompts, engines, scoring, run, evaluate, nightly; datasets sits
-beside engines but may import only base, tables and prompts (the domain words), and only the top
-(dev, bench, cli) may import datasets. dev, bench and cli may import anything; nothing below
+Lowest first: base, tables, prompts, engines, scoring, run, evaluate, report, nightly; datasets
+sits beside engines but may import only base, tables and prompts (the domain words), and only the
+top (dev, bench, cli) may import datasets. dev, bench and cli may import anything; nothing below
 them imports dev.
 """
 
@@ -38,13 +38,14 @@ STAGES: dict[str, tuple[str, ...]] = {
         "itdr_batch.intervals",
         "itdr_batch.reliability",
     ),
+    "report": ("itdr_batch.report",),
     "nightly": ("itdr_batch.nightly",),
     "dev": ("itdr_batch.dev",),
     "bench": ("itdr_batch.bench",),
     "cli": ("itdr_batch.cli",),
 }
 # Stage name -> the stages it may import, its own included.
-ORDER = ("base", "tables", "prompts", "engines", "scoring", "run", "evaluate", "nightly")
+ORDER = ("base", "tables", "prompts", "engines", "scoring", "run", "evaluate", "report", "nightly")
 TOP = ("dev", "bench", "cli")
 ALLOWED: dict[str, frozenset[str]] = {
     **{stage: frozenset(ORDER[: i + 1]) for i, stage in enumerate(ORDER)},

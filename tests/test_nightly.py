@@ -5,6 +5,7 @@ artifacts."""
 import json
 import os
 import runpy
+import shutil
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ from itdr_batch.tables.shard import split_users
 
 SHARDS = 3
 NIGHT = "2026-11-28"
+EARLIER = "2026-11-27"
 
 
 @pytest.fixture(scope="module")
@@ -175,12 +177,27 @@ def test_nightly_gives_the_rows_of_one_run_retries_and_skips(
         scored = pl.read_parquet(night / row["shard"] / "tkr.parquet")["user_id"].n_unique()
         rejected = pl.read_parquet(night / row["shard"] / "rejects.parquet").height
         assert (row["scored"], row["rejected"]) == (scored, rejected)
-    evaluation = artifacts["itdr-nightly-evaluation"].data
-    assert isinstance(evaluation, str)
-    assert "| shard-00002-of-00003 | tkr |" in evaluation
+    headline = artifacts["itdr-nightly-report"].data
+    assert isinstance(headline, str)
+    assert summary["report"] == str(night / "report.html")
+    assert (night / "report.html").is_file()
+    assert (
+        f"Night {NIGHT}: {summary['rows']:,} users. Report: `{night / 'report.html'}`" in headline
+    )
+    assert "| tkr | a1 | hr@1 |" in headline
+    assert "minus" not in headline
 
+    # With an earlier night beside it (the same rows), tonight is compared with it.
+    shutil.copytree(night, out / EARLIER)
     again = nightly(config, users, str(out), NIGHT, SHARDS)
     assert [s["skipped"] for s in again["shards"]] == [True] * SHARDS
+    with get_client(sync_client=True) as client:
+        artifacts = {a.key: a for a in client.read_latest_artifacts()}
+    headline = artifacts["itdr-nightly-report"].data
+    assert isinstance(headline, str)
+    assert f"minus {EARLIER}" in headline
+    assert "| tkr | a1 | hr@1 |" in headline
+    assert "+0.0000 (not significant)" in headline
 
 
 def _unblock_on_retry(blocked: Path, timeout: float = 300) -> None:

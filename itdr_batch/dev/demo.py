@@ -3,8 +3,8 @@
 It ingests the bundled MovieLens sample, builds the tiny model and an adapter (on the real Qwen2.5
 tokenizer when ``../shared`` has it, else on a tokenizer trained on the sample's own text), writes
 a job configuration, scores every sample user in evaluation mode with the same job code as
-``itdr-batch score``, and evaluates the run against the baselines. Every step is idempotent, so a
-second demo reuses what the first built and finds its run complete.
+``itdr-batch score``, evaluates the run against the baselines and writes its HTML report. Every
+step is idempotent, so a second demo reuses what the first built and finds its run complete.
 """
 
 from dataclasses import dataclass
@@ -17,6 +17,7 @@ from itdr_batch.datasets import SAMPLE, read_movielens, write_canonical
 from itdr_batch.dev.tiny import build_tiny
 from itdr_batch.dev.tokenizer import sample_texts, train_tokenizer
 from itdr_batch.evaluate import evaluate, write_json
+from itdr_batch.report import build_report, write_report
 from itdr_batch.run import JobResult, load_config, run_job
 from itdr_batch.run.progress import Reporter
 from itdr_batch.tables.sink import write_parquet_atomic
@@ -71,6 +72,7 @@ class Demo:
     run: JobResult
     evaluation: dict[str, Any]
     evaluation_json: Path
+    report: Path
 
 
 def run_demo(
@@ -99,4 +101,5 @@ def run_demo(
     evaluation = evaluate(result.out)
     evaluation_json = result.out / "evaluation.json"
     write_json(evaluation, evaluation_json)
-    return Demo(source, job, users, result, evaluation, evaluation_json)
+    report = write_report(build_report([result.out]), result.out / "report.html")
+    return Demo(source, job, users, result, evaluation, evaluation_json, report)

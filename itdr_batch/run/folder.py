@@ -9,6 +9,7 @@ Layout::
     DIR/_parts/<task>/<batch>.json         UnitRecord, written last: the unit is committed
     DIR/<task>.parquet, DIR/rejects.parquet     the final files (parts concatenated)
     DIR/<task>.jsonl                       a dry run's batch requests (``itdr_batch.run.export``)
+    DIR/_units.ndjson                      every unit's UnitRecord, kept when the parts go
     DIR/_manifest.json                     Manifest, written last: the run is complete
 
 One process writes a folder at a time: ``lock`` holds an OS lock (``flock``) on ``DIR/.lock``
@@ -51,6 +52,7 @@ MANIFEST = "_manifest.json"
 PARTS = "_parts"
 RUN_STATE = "_run.json"
 REJECTS = "rejects.parquet"
+UNITS = "_units.ndjson"
 
 
 class RunFolderError(ItdrError):
@@ -197,6 +199,15 @@ class RunFolder:
         files["rejects"] = REJECTS
         return files
 
+    def write_units(self, records: Sequence[UnitRecord]) -> None:
+        """Every committed unit's record, one JSON line each in (batch, task) order, kept after
+        the parts go: what each batch scored and how fast (the report's throughput chart). Not
+        ``*.jsonl``: that names a dry run's batch requests."""
+        ordered = sorted(records, key=lambda r: (r.batch, r.task))
+        lines = "".join(json.dumps(r.dump()) + "\n" for r in ordered)
+        with _space():
+            write_atomic(self.out / UNITS, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
+
     def complete(self, manifest: Manifest) -> None:
         """Writes the manifest, last, and drops the parts."""
         with _space():
@@ -217,7 +228,7 @@ class RunFolder:
         """Temporary files of a writer killed mid-write: under the lock none is being written.
         Only those of the files a run writes (``evaluate`` writes beside them, unlocked)."""
         stale = temporary_files(self.out, "*.parquet") + temporary_files(self.out, MANIFEST)
-        stale += temporary_files(self.out, "*.jsonl")
+        stale += temporary_files(self.out, "*.jsonl") + temporary_files(self.out, UNITS)
         stale += temporary_files(self.parts, recursive=True)
         for path in stale:
             path.unlink(missing_ok=True)

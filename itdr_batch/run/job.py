@@ -194,6 +194,7 @@ def _finish(folder: RunFolder, plan: Plan, state: RunState, engine: Engine | Non
     schemas = {task: schema(task, plan.ids) for task in plan.tasks}
     files = folder.concat(plan.tasks, plan.batches, schemas, rejects_schema(plan.ids))
     every = [r for task_records in records.values() for r in task_records]
+    folder.write_units(every)
     seconds = sum(r.build_s + r.score_s for r in every)
     prompts = sum(r.prompts for r in every)
     tokens = sum(r.prompt_tokens for r in every)

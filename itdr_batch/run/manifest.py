@@ -158,6 +158,8 @@ class UnitRecord(Record):
     path: str | None = None
     build_s: float
     score_s: float
+    # When the unit was scored (epoch seconds): the report's throughput over time.
+    finished_at: float | None = None
 
 
 def read_record(path: Path, model: type[R]) -> R:

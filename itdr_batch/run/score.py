@@ -119,6 +119,7 @@ def score_unit(plan: Plan, scorers: dict[str, Scorer], built: Built, priors: Pri
         path=None if plan.dry_run else scorers[task].path,
         build_s=built.seconds,
         score_s=time.perf_counter() - started,
+        finished_at=time.time(),
     )
     return ScoredUnit(pl.concat(results), pl.concat(rejects), record)
 
