@@ -21,6 +21,9 @@ from scipy.stats import bootstrap
 
 RESAMPLES = 2000
 CONFIDENCE = 0.95
+# Values resampled at once per input (scipy holds resamples x users of them): ~160 MB, so a night
+# of millions of users is bootstrapped in batches of resamples instead of all 2,000 at once.
+RESAMPLED_VALUES = 20_000_000
 # Per-user values -> the metric (along ``axis``, as scipy's vectorised statistics take them).
 Statistic = Callable[[npt.NDArray[np.float64], int], npt.NDArray[np.float64]]
 Values = dict[str, npt.NDArray[np.float64]]
@@ -36,6 +39,10 @@ def _root_mean(values: npt.NDArray[np.float64], axis: int = -1) -> npt.NDArray[n
 
 # rmse's per-user value is the squared error; every other metric's is averaged as it is.
 STATISTICS: dict[str, Statistic] = {"rmse": _root_mean}
+
+
+def _batch(users: int) -> int:
+    return max(1, min(RESAMPLES, RESAMPLED_VALUES // users))
 
 
 def ranks(relevance: npt.NDArray[np.int64], scores: npt.NDArray[np.float64]) -> npt.NDArray[Any]:
@@ -78,6 +85,7 @@ def intervals(values: Values, seed: int) -> dict[str, dict[str, float] | None]:
             (per_user,),
             statistic,
             n_resamples=RESAMPLES,
+            batch=_batch(len(per_user)),
             confidence_level=CONFIDENCE,
             method="percentile",
             rng=np.random.default_rng(seed),
@@ -107,6 +115,7 @@ def paired(first: Values, second: Values, seed: int) -> dict[str, dict[str, floa
             gap,
             paired=True,
             n_resamples=RESAMPLES,
+            batch=_batch(len(a)),
             confidence_level=CONFIDENCE,
             method="percentile",
             rng=np.random.default_rng(seed),
@@ -127,12 +136,13 @@ def compare(first: pl.DataFrame, second: pl.DataFrame, key: str, seed: int) -> d
     """``first`` minus ``second`` (per-user values keyed by ``key``, as ``evaluate`` gives them)
     on the users both scored: ``users`` and ``paired``'s figures per metric, each with
     ``significant`` (its interval leaves out zero); None under two users in common."""
-    both = first.join(second, on=key, how="inner", suffix="\x00")
     metrics = [c for c in first.columns if c != key and c in second.columns]
+    theirs = second.select(key, *(pl.col(m).alias(f"second/{m}") for m in metrics))
+    both = first.select(key, *metrics).join(theirs, on=key, how="inner")
     if both.height < 2:
         return {"users": both.height, "metrics": dict.fromkeys(metrics)}
     a = {m: both[m].to_numpy().astype(float) for m in metrics}
-    b = {m: both[f"{m}\x00"].to_numpy().astype(float) for m in metrics}
+    b = {m: both[f"second/{m}"].to_numpy().astype(float) for m in metrics}
     differences = paired(a, b, seed)
     for figures in differences.values():
         if figures is not None:

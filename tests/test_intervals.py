@@ -9,6 +9,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from test_evaluate import ranking_frame, rp_frame, write_run
 
+from itdr_batch import intervals as intervals_module
 from itdr_batch.evaluate import HIT_KS, NDCG_KS, _ranking_metrics, evaluate, render
 from itdr_batch.intervals import intervals, paired, ranking_values, rating_values
 from itdr_batch.reliability import probability_calibration, rating_tables
@@ -139,3 +140,14 @@ def test_overall_counts_rejected_users_as_misses_and_generate_has_no_calibration
     assert group["calibration"]["auc"] == 1.0
     no_prob = write_run(tmp_path / "gen", {"tkr": ranking_frame(perfect, labels)})
     assert evaluate(no_prob)["tasks"]["tkr"]["base"]["calibration"] is None
+
+
+def test_resampling_in_batches_gives_the_same_intervals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Millions of users are resampled a few resamples at a time (bounded memory); the draws and
+    so the intervals are those of one batch."""
+    rng = np.random.default_rng(3)
+    values = {"hr@1": (rng.random(500) < 0.3).astype(float), "rmse": rng.random(500)}
+    other = {name: v[::-1].copy() for name, v in values.items()}
+    whole = intervals(values, seed=1), paired(values, other, seed=1)
+    monkeypatch.setattr(intervals_module, "RESAMPLED_VALUES", 500 * 7)
+    assert (intervals(values, seed=1), paired(values, other, seed=1)) == whole

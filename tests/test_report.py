@@ -1,6 +1,7 @@
 """``itdr-batch report``: nights evaluated as one run, run-vs-run comparisons, and the HTML page
 opened in a real headless browser (Debian's chromium)."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,14 +12,14 @@ import numpy as np
 import polars as pl
 import pytest
 from helpers import JOB_USERS, ROOT, Canonical, WriteJob
-from test_evaluate import ranking_frame, write_run
+from test_evaluate import ranking_frame, text_frame, write_run
 from typer.testing import CliRunner
 
 from itdr_batch.cli import app
 from itdr_batch.dev.tiny import Tiny
 from itdr_batch.evaluate import EvaluationError, evaluate, evaluation
 from itdr_batch.intervals import compare
-from itdr_batch.report import ReportError, build_report
+from itdr_batch.report import ReportError, build_report, write_report
 from itdr_batch.run import load_config, run_job
 
 # Where the browser test leaves its screenshot (CI keeps the folder as an artifact).
@@ -207,3 +208,37 @@ def test_the_report_renders_every_chart_with_data_in_a_browser(
         check=True,
     )
     assert shot.stat().st_size > 10_000
+
+
+def test_a_run_without_labels_still_gets_its_rows_and_scores(tmp_path: Path) -> None:
+    run = _ranking_run(tmp_path / "prod", np.arange(8))
+    body = json.loads((run / "_manifest.json").read_text())
+    body["config"]["prompts"]["evaluation"] = False
+    body["counts"]["tasks"]["tkr"]["base"] = {"scored": 6, "rejected": 2, "reasons": {"x": 2}}
+    (run / "_manifest.json").write_text(json.dumps(body))
+    report = build_report([run])
+    shown = {f.id: f for s in report.sections for f in s.figures}
+    assert set(shown) == {"scores-prod-tkr", "outcomes-prod"}
+    assert "prod: not evaluation-mode runs" in report.sections[0].intro
+    assert "2 rejected rows" in shown["outcomes-prod"].caption
+    page = write_report(report, tmp_path / "page.html").read_text()
+    assert 'id="prod-data-' not in page
+    assert page.count('id="outcomes-prod-data-') == 2  # scored and reason x, one bar each
+
+    body["dry_run"] = True
+    (run / "_manifest.json").write_text(json.dumps(body))
+    with pytest.raises(ReportError, match=r"needs a complete scored run .*dry run: True"):
+        build_report([run])
+
+
+def test_text_tasks_get_their_metrics_without_intervals(tmp_path: Path) -> None:
+    same = "a quiet drama about two brothers who run a small bakery in the old town"
+    ir = text_frame([same, "nothing alike"], [same, same], "user_id")
+    report = build_report([write_run(tmp_path / "texts", {"ir": ir})])
+    (figure,) = report.sections[0].figures
+    assert figure.id == "metrics-texts-ir-base"
+    assert "2 users scored" in figure.caption
+    assert "No intervals" in figure.caption
+    assert report.sections[0].table is not None
+    assert [r[5] for r in report.sections[0].table[1:]] == ["bleu", "rouge1", "rouge2", "rougeL"]
+    assert f'id="{figure.id}-data-0"' in str(figure.svg)

@@ -86,7 +86,7 @@ def build_report(paths: list[Path]) -> Report:
     ]
     comparisons = _comparisons(entities)
     sections = [
-        _metrics(runs, entities),
+        _metrics(runs),
         _differences(comparisons),
         _positions(entities),
         _probabilities(entities),
@@ -139,37 +139,18 @@ def _slug(*parts: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text)
 
 
-def _metrics(runs: list[Run], entities: list[Entity]) -> Section:
+def _metrics(runs: list[Run]) -> Section:
+    """Every task's metrics (ranking and rp with intervals; uap and text tasks without)."""
     section = Section("Metrics against the baselines")
     rows = [["run", "task", "adapter", "users", "rejected", "metric", "model", "95% interval"]]
     rows[0] += ["overall", *BASELINES]
-    for e in entities:
-        group = e.group()
-        model = group["metrics"]["model"]
-        if not model:
-            continue
-        ci = group.get("metrics_ci", {})
-        overall = group.get("metrics_overall", {})
-        for metric, value in model.items():
-            bounds = (ci.get("model") or {}).get(metric)
-            interval = f"[{bounds['ci_low']:.4f}, {bounds['ci_high']:.4f}]" if bounds else "-"
-            baselines = [(group["metrics"][b] or {}).get(metric) for b in BASELINES]
-            counts = [str(group["users"]), str(group["rejected"])]
-            rows.append(
-                [e.run.name, e.task, e.adapter, *counts, metric, _number(value), interval]
-                + [_number(v) for v in (overall.get(metric), *baselines)]
-            )
-        section.figures.append(
-            _figure(
-                _slug("metrics", e.run.name, e.task, e.adapter),
-                f"{e.task} / {e.adapter} ({e.run.name}): model against the baselines",
-                f"{group['users']:,} users scored ({group['rejected']:,} rejected). Bars: 95% "
-                f"intervals from a per-user bootstrap ({RESAMPLES:,} resamples).",
-                charts.metric_bars(
-                    _slug("metrics", e.run.name, e.task, e.adapter), group["metrics"], ci
-                ),
-            )
-        )
+    for run in runs:
+        tasks = run.evaluation.result["tasks"] if run.evaluation else {}
+        for task, groups in tasks.items():
+            for adapter, group in groups.items():
+                if group["metrics"]["model"]:
+                    rows += _metric_rows(run.name, task, adapter, group)
+                    section.figures.append(_metric_figure(run.name, task, adapter, group))
     not_scored = [r.name for r in runs if r.evaluation is None]
     if not_scored:
         section.intro += (
@@ -183,6 +164,37 @@ def _metrics(runs: list[Run], entities: list[Entity]) -> Section:
             "(ranking tasks)."
         )
     return section
+
+
+def _metric_rows(run: str, task: str, adapter: str, group: dict[str, Any]) -> list[list[str]]:
+    ci = group.get("metrics_ci", {})
+    overall = group.get("metrics_overall", {})
+    rows = []
+    for metric, value in group["metrics"]["model"].items():
+        bounds = (ci.get("model") or {}).get(metric)
+        interval = f"[{bounds['ci_low']:.4f}, {bounds['ci_high']:.4f}]" if bounds else "-"
+        baselines = [(group["metrics"][b] or {}).get(metric) for b in BASELINES]
+        counts = [str(group["users"]), str(group["rejected"])]
+        rows.append(
+            [run, task, adapter, *counts, metric, _number(value), interval]
+            + [_number(v) for v in (overall.get(metric), *baselines)]
+        )
+    return rows
+
+
+def _metric_figure(run: str, task: str, adapter: str, group: dict[str, Any]) -> Figure:
+    chart_id = _slug("metrics", run, task, adapter)
+    bars = (
+        f"Bars: 95% intervals from a per-user bootstrap ({RESAMPLES:,} resamples)."
+        if group.get("metrics_ci")
+        else "No intervals for this task."
+    )
+    return _figure(
+        chart_id,
+        f"{task} / {adapter} ({run}): model against the baselines",
+        f"{group['users']:,} users scored ({group['rejected']:,} rejected). {bars}",
+        charts.metric_bars(chart_id, group["metrics"], group.get("metrics_ci", {})),
+    )
 
 
 def _differences(comparisons: dict[str, list[dict[str, Any]]]) -> Section:
@@ -326,7 +338,7 @@ def _throughput(runs: list[Run]) -> Section:
         if units.is_empty() or units["finished_at"].null_count() == units.height:
             section.intro += f"{run.name}: no unit records with times (_units.ndjson). "
             continue
-        units = units.filter(pl.col("finished_at").is_not_null())
+        units = units.filter(pl.col("finished_at").is_not_null() & (pl.col("score_s") > 0))
         start = (units["finished_at"] - units["score_s"] - units["build_s"]).min()
         series = {}
         for (task,), group in units.sort("finished_at").group_by("task", maintain_order=True):
