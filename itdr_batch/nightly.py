@@ -227,11 +227,11 @@ def _publish(summary: dict[str, Any], report: Report) -> None:
                 )
     create_table_artifact(table, key="itdr-nightly-shards", description="Shards of the run")
     create_markdown_artifact(
-        headline(report, summary["report"]), key="itdr-nightly-report", description="Evaluation"
+        _headline(report, summary["report"]), key="itdr-nightly-report", description="Evaluation"
     )
 
 
-def headline(report: Report, path: str) -> str:
+def _headline(report: Report, path: str) -> str:
     """Markdown: tonight's metrics with their 95% intervals next to the baselines, and, when the
     report holds an earlier night, tonight minus it (interval, p-value, significance)."""
     tonight = report.runs[-1]

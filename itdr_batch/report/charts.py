@@ -136,47 +136,33 @@ def by_position(chart_id: str, bias: dict[str, Any]) -> str:
     return chart.svg()
 
 
-def reliability(chart_id: str, rows: list[dict[str, Any]], scale: Sequence[float]) -> str:
-    """Mean true rating against the mean expected rating, per bin of the expected rating."""
+def reliability(
+    chart_id: str,
+    bins: list[tuple[float, float, int]],
+    limits: tuple[float, float],
+    labels: tuple[str, str],
+    counted: str,
+) -> str:
+    """A reliability diagram: per bin (predicted mean, observed mean, count; empty bins left
+    out), a point of area by count; on the diagonal the predictions are right on average."""
     chart = Chart(chart_id, height=3.2)
     ax = chart.axes[0]
-    low, high = min(scale), max(scale)
-    ax.plot([low, high], [low, high], ":", color="#888888", label="perfectly calibrated")
-    kept = [r for r in rows if r["n"]]
+    ax.plot(limits, limits, ":", color="#888888", label="perfectly calibrated")
+    kept = [b for b in bins if b[2]]
+    largest = max(n for _, _, n in kept)
     points = ax.scatter(
-        [r["mean_expected"] for r in kept],
-        [r["mean_true"] for r in kept],
-        s=[20 + 200 * r["n"] / max(k["n"] for k in kept) for r in kept],
+        [x for x, _, _ in kept],
+        [y for _, y, _ in kept],
+        s=[20 + 200 * n / largest for _, _, n in kept],
         color=COLORS["model"],
-        label="bins (area: users)",
+        label=f"bins (area: {counted})",
     )
     chart.mark(points)
-    ax.set_xlabel("expected rating (model)")
-    ax.set_ylabel("mean true rating")
-    ax.set_xlim(low - 0.25, high + 0.25)
-    ax.set_ylim(low - 0.25, high + 0.25)
-    ax.legend(fontsize="small")
-    return chart.svg()
-
-
-def probability_bins(chart_id: str, bins: list[dict[str, Any]]) -> str:
-    """Hit rate against the mean ``prob`` per bin of ``prob`` (the bins of the ECE)."""
-    chart = Chart(chart_id, height=3.2)
-    ax = chart.axes[0]
-    ax.plot([0, 1], [0, 1], ":", color="#888888", label="perfectly calibrated")
-    kept = [b for b in bins if b["n"]]
-    points = ax.scatter(
-        [b["mean_prob"] for b in kept],
-        [b["hit_rate"] for b in kept],
-        s=[20 + 200 * b["n"] / max(k["n"] for k in kept) for b in kept],
-        color=COLORS["model"],
-        label="bins (area: candidates)",
-    )
-    chart.mark(points)
-    ax.set_xlabel("mean prob (model)")
-    ax.set_ylabel("share that is the held-out item")
-    ax.set_xlim(-0.02, 1.02)
-    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    margin = (limits[1] - limits[0]) / 20
+    ax.set_xlim(limits[0] - margin, limits[1] + margin)
+    ax.set_ylim(limits[0] - margin, limits[1] + margin)
     ax.legend(fontsize="small")
     return chart.svg()
 

@@ -275,7 +275,13 @@ def _probabilities(entities: list[Entity]) -> Section:
                 f"{len(found['bins'])} equal-width bins of prob. AUC {found['auc']:.3f}, "
                 f"log-loss {found['log_loss']:.3f}, Brier {found['brier']:.3f}, "
                 f"ECE {found['ece']:.3f}.",
-                charts.probability_bins(chart_id, found["bins"]),
+                charts.reliability(
+                    chart_id,
+                    [(b["mean_prob"], b["hit_rate"], b["n"]) for b in found["bins"]],
+                    (0.0, 1.0),
+                    ("mean prob (model)", "share that is the held-out item"),
+                    "candidates",
+                ),
             )
         )
     return section
@@ -297,7 +303,13 @@ def _ratings(entities: list[Entity]) -> Section:
                 f"{name}: reliability of the expected rating",
                 f"{users:,} users with a prediction, binned by the expected rating (nearest "
                 "scale value); on the diagonal the model's expectation is right on average.",
-                charts.reliability(rel_id, tables["reliability"], tables["scale"]),
+                charts.reliability(
+                    rel_id,
+                    [(r["mean_expected"], r["mean_true"], r["n"]) for r in tables["reliability"]],
+                    (min(tables["scale"]), max(tables["scale"])),
+                    ("expected rating (model)", "mean true rating"),
+                    "users",
+                ),
             ),
             _figure(
                 conf_id,
