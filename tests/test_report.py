@@ -19,6 +19,7 @@ from itdr_batch.cli import app
 from itdr_batch.dev.tiny import Tiny
 from itdr_batch.evaluate import EvaluationError, evaluate, evaluation
 from itdr_batch.intervals import compare
+from itdr_batch.nightly import _headline
 from itdr_batch.report import ReportError, build_report, write_report
 from itdr_batch.run import load_config, run_job
 
@@ -36,8 +37,9 @@ def _ranking_run(folder: Path, users: np.ndarray, seed: int = 0) -> Path:
     return write_run(folder, {"tkr": frame})
 
 
-def test_a_run_compared_with_itself_differs_by_nothing(tmp_path: Path) -> None:
-    run = _ranking_run(tmp_path / "a", np.arange(40))
+@pytest.mark.parametrize("users", [np.arange(40), np.array([f"u-{i}" for i in range(40)])])
+def test_a_run_compared_with_itself_differs_by_nothing(tmp_path: Path, users: np.ndarray) -> None:
+    run = _ranking_run(tmp_path / "a", users)
     shutil.copytree(run, tmp_path / "b")
     report = build_report([run, tmp_path / "b"])
     (found,) = report.comparisons["tkr"]
@@ -215,6 +217,7 @@ def test_a_run_without_labels_still_gets_its_rows_and_scores(tmp_path: Path) -> 
     body = json.loads((run / "_manifest.json").read_text())
     body["config"]["prompts"]["evaluation"] = False
     body["counts"]["tasks"]["tkr"]["base"] = {"scored": 6, "rejected": 2, "reasons": {"x": 2}}
+    body["counts"]["rows"] = 8
     (run / "_manifest.json").write_text(json.dumps(body))
     report = build_report([run])
     shown = {f.id: f for s in report.sections for f in s.figures}
@@ -224,6 +227,13 @@ def test_a_run_without_labels_still_gets_its_rows_and_scores(tmp_path: Path) -> 
     page = write_report(report, tmp_path / "page.html").read_text()
     assert 'id="prod-data-' not in page
     assert page.count('id="outcomes-prod-data-') == 2  # scored and reason x, one bar each
+
+    # The nightly artifact of such a night: where the report is, and why there are no metrics.
+    assert _headline(report, "r.html").splitlines() == [
+        "Night prod: 8 users. Report: `r.html`",
+        "",
+        "Not an evaluation-mode run: no metrics.",
+    ]
 
     body["dry_run"] = True
     (run / "_manifest.json").write_text(json.dumps(body))
