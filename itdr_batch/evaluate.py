@@ -65,7 +65,6 @@ class Evaluation:
     users: dict[tuple[str, str], pl.DataFrame]
     key: str
     seed: int
-    manifests: list[Manifest]
 
 
 def evaluate(run_dir: Path, interactions_path: Path | None = None) -> dict[str, Any]:
@@ -118,7 +117,7 @@ def evaluation(run_dirs: Sequence[Path], interactions_path: Path | None = None) 
                 groups[adapter] = _text(group)
         # Rows the job rejected (no prompt, engine failure, unparsable output) are not in the
         # task's file: their count says how much of the shard the metrics cover.
-        counts = _task_counts(manifests, task)
+        counts = task_counts(manifests, task)
         for adapter, group in groups.items():
             group["rejected"] = counts[adapter].rejected if adapter in counts else 0
             if kind is ResultKind.RANKING and group["metrics"]["model"]:
@@ -131,7 +130,7 @@ def evaluation(run_dirs: Sequence[Path], interactions_path: Path | None = None) 
     result = {"run_id": "+".join(ids), "tasks": tasks, "note": note}
     if len(ids) > 1:
         result["runs"] = ids
-    return Evaluation(result, users, key, config.seed, manifests)
+    return Evaluation(result, users, key, config.seed)
 
 
 def write_json(result: dict[str, Any], path: Path) -> None:
@@ -237,8 +236,8 @@ def _read_results(path: Path) -> pl.DataFrame:
         raise EvaluationError(f"{path}: cannot be read as Parquet ({exc})") from exc
 
 
-def _task_counts(manifests: Sequence[Manifest], task: Task) -> dict[str, AdapterCounts]:
-    """Per adapter, the runs' counts of ``task`` added up."""
+def task_counts(manifests: Sequence[Manifest], task: Task) -> dict[str, AdapterCounts]:
+    """Per adapter, the runs' counts of ``task`` added up (a night's shards as one run)."""
     summed: dict[str, AdapterCounts] = {}
     for manifest in manifests:
         for adapter, c in manifest.counts.tasks.get(task.value, {}).items():
@@ -344,8 +343,8 @@ def _ranking(
     if bad.height:
         raise EvaluationError(
             f"{task.value} results: {key} {bad[key][0]!r} has {bad['labels'][0]} candidates "
-            "labelled true "
-            f"({bad.height} user(s) in all); an evaluation run has exactly one per user"
+            f"labelled true ({bad.height} user(s) in all); an evaluation run has exactly one "
+            "per user"
         )
     group = group.sort(key, "position").with_columns(
         row=pl.col(key).rle_id(),

@@ -41,8 +41,20 @@ def _root_mean(values: npt.NDArray[np.float64], axis: int = -1) -> npt.NDArray[n
 STATISTICS: dict[str, Statistic] = {"rmse": _root_mean}
 
 
-def _batch(users: int) -> int:
-    return max(1, min(RESAMPLES, RESAMPLED_VALUES // users))
+def _bootstrap(data: tuple[Any, ...], statistic: Any, seed: int, paired: bool = False) -> Any:
+    """scipy's percentile bootstrap with this module's settings, resampling users in batches of
+    at most ``RESAMPLED_VALUES`` values per input."""
+    users = len(data[0])
+    return bootstrap(
+        data,
+        statistic,
+        paired=paired,
+        n_resamples=RESAMPLES,
+        batch=max(1, min(RESAMPLES, RESAMPLED_VALUES // users)),
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
 
 
 def ranks(relevance: npt.NDArray[np.int64], scores: npt.NDArray[np.float64]) -> npt.NDArray[Any]:
@@ -80,16 +92,7 @@ def intervals(values: Values, seed: int) -> dict[str, dict[str, float] | None]:
         if len(per_user) < 2:
             out[name] = None
             continue
-        statistic = STATISTICS.get(name, _mean)
-        result = bootstrap(
-            (per_user,),
-            statistic,
-            n_resamples=RESAMPLES,
-            batch=_batch(len(per_user)),
-            confidence_level=CONFIDENCE,
-            method="percentile",
-            rng=np.random.default_rng(seed),
-        )
+        result = _bootstrap((per_user,), STATISTICS.get(name, _mean), seed)
         low, high = result.confidence_interval
         out[name] = {"ci_low": float(low), "ci_high": float(high)}
     return out
@@ -110,16 +113,7 @@ def paired(first: Values, second: Values, seed: int) -> dict[str, dict[str, floa
         def gap(x: Any, y: Any, axis: int = -1, f: Statistic = statistic) -> Any:
             return f(x, axis) - f(y, axis)
 
-        result = bootstrap(
-            (a, b),
-            gap,
-            paired=True,
-            n_resamples=RESAMPLES,
-            batch=_batch(len(a)),
-            confidence_level=CONFIDENCE,
-            method="percentile",
-            rng=np.random.default_rng(seed),
-        )
+        result = _bootstrap((a, b), gap, seed, paired=True)
         low, high = result.confidence_interval
         spread = result.bootstrap_distribution
         p_value = min(1.0, 2 * min(float(np.mean(spread <= 0)), float(np.mean(spread >= 0))))

@@ -377,18 +377,12 @@ def _throughput(runs: list[Run]) -> Section:
 def _outcomes(runs: list[Run]) -> Section:
     section = Section("Rows scored and rejected")
     for run in runs:
-        rows: dict[str, dict[str, Any]] = {}
-        for manifest in run.manifests:
-            for task, adapters in manifest.counts.tasks.items():
-                for adapter, counts in adapters.items():
-                    row = rows.setdefault(
-                        f"{task} / {adapter}",
-                        {"label": f"{task} / {adapter}", "scored": 0, "reasons": {}},
-                    )
-                    row["scored"] += counts.scored
-                    for reason, n in counts.reasons.items():
-                        row["reasons"][reason] = row["reasons"].get(reason, 0) + n
-        rejected = sum(sum(r["reasons"].values()) for r in rows.values())
+        rows: list[dict[str, Any]] = [
+            {"label": f"{task.value} / {adapter}", "scored": c.scored, "reasons": c.reasons}
+            for task in run.manifests[0].config.prompts.tasks
+            for adapter, c in run.counts(task).items()
+        ]
+        rejected = sum(sum(r["reasons"].values()) for r in rows)
         chart_id = _slug("outcomes", run.name)
         section.figures.append(
             _figure(
@@ -396,18 +390,14 @@ def _outcomes(runs: list[Run]) -> Section:
                 f"{run.name}: rows scored and rejected by reason",
                 f"{run.users:,} users in the shard(s); {rejected:,} rejected rows over all "
                 "tasks and adapters (rejects.parquet holds each with its reason).",
-                charts.outcomes(chart_id, list(rows.values())),
+                charts.outcomes(chart_id, rows),
             )
         )
     return section
 
 
 def _users(run: Run, task: Task) -> str:
-    scored: dict[str, int] = {}
-    for manifest in run.manifests:
-        for adapter, counts in manifest.counts.tasks[task.value].items():
-            scored[adapter] = scored.get(adapter, 0) + counts.scored
-    return ", ".join(f"{a}: {n:,}" for a, n in scored.items())
+    return ", ".join(f"{a}: {c.scored:,}" for a, c in run.counts(task).items())
 
 
 def _run_rows(runs: list[Run]) -> list[dict[str, str]]:

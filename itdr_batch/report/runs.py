@@ -11,9 +11,9 @@ from pathlib import Path
 import polars as pl
 
 from itdr_batch.errors import ItdrError
-from itdr_batch.evaluate import Evaluation, evaluation, run_folders
+from itdr_batch.evaluate import Evaluation, evaluation, run_folders, task_counts
 from itdr_batch.run.folder import MANIFEST, UNITS
-from itdr_batch.run.manifest import Manifest, ManifestError, read_record
+from itdr_batch.run.manifest import AdapterCounts, Manifest, ManifestError, read_record
 from itdr_batch.tasks import ResultKind, Task, spec
 
 
@@ -34,6 +34,10 @@ class Run:
     @property
     def users(self) -> int:
         return sum(m.counts.rows for m in self.manifests)
+
+    def counts(self, task: Task) -> dict[str, AdapterCounts]:
+        """Per adapter, the task's rows scored and rejected by reason over all folders."""
+        return task_counts(self.manifests, task)
 
     def units(self) -> pl.DataFrame:
         """Every unit's record (``_units.ndjson``) of every folder."""
