@@ -1,10 +1,14 @@
 """Type stubs for the Rust extension (checked against the built module by stubtest in the tests)."""
 
+from pathlib import Path
+from typing import final
+
 from arro3.core import ChunkedArray, Table
+from arro3.core.types import ArrowStreamExportable
 
 from itdr_batch.core_args import Arrow, PromptJob
 
-__all__ = ["__version__", "build_prompts", "stable_hash"]
+__all__ = ["Cutter", "__version__", "build_prompts", "stable_hash"]
 
 __version__: str
 
@@ -18,3 +22,16 @@ def build_prompts(job: PromptJob) -> Table:
     ``held_out_position``, ``status`` (names of ``itdr_batch.status.PromptStatus``) and, when
     ``item_titles`` is given, ``candidate_titles``.
     """
+
+@final
+class Cutter:
+    """Cuts an interactions log into a shard's parts (see ``itdr_batch.run.extract``): part ``p``
+    (``dir/part-<p:06>.arrow``, an LZ4 Arrow IPC stream) holds the log's rows of shard rows
+    ``[p * rows_per_part, (p + 1) * rows_per_part)`` in log order, with ``__row``."""
+
+    def __new__(cls, keys: Arrow, key: str, rows_per_part: int, dir: Path) -> Cutter: ...
+    def push(self, chunk: ArrowStreamExportable) -> None:
+        """Appends a chunk of the log (any Arrow table) to its parts."""
+
+    def finish(self) -> None:
+        """Ends the parts' files; the cutter takes no more chunks."""

@@ -147,10 +147,10 @@ def test_a_stale_or_partial_extract_is_cut_again(
     fresh = dry_run(job, users, tmp_path / "fresh", **{"scoring.batch_size": 4})
     out = tmp_path / "stale"
     parts = out / "_parts"
-    (parts / f".{EXTRACT}.tmp" / "__batch=0").mkdir(parents=True)
-    stale = parts / EXTRACT / "__batch=0"
+    (parts / f".{EXTRACT}.tmp").mkdir(parents=True)
+    stale = parts / EXTRACT
     stale.mkdir(parents=True)
-    pl.read_parquet(movielens.interactions).head(0).write_parquet(stale / "00000000.parquet")
+    pl.read_parquet(movielens.interactions).head(0).write_ipc_stream(stale / "part-000000.arrow")
     (parts / EXTRACT / IDENTITY).write_text(json.dumps({"run_id": "another run"}))
     again = dry_run(job, users, out, **{"scoring.batch_size": 4})
     assert_same_prompts(again["tkr"], fresh["tkr"])

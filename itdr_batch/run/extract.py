@@ -1,11 +1,14 @@
 """Stage 0 of a run: the shard's own interactions, read from the whole table once, cut by batch.
 
-Reads: the interactions table (one streaming pass, semi-joined on the shard's keys) and the
-shard's keys. Writes ``DIR/_parts/interactions/__batch=<b>/*.parquet``: the interactions of
-batch b's rows, in the table's order (so ties in time break as before), with Polars' partitioned
-sink (``pl.PartitionBy``, flat memory whatever the table's order). Each batch then reads its own
-history once for all its tasks and never the whole table: the cost no longer grows with shard
-size x table size, and an unsorted log costs what a sorted one does.
+Reads: the interactions table (one streaming pass) and the shard's keys. Writes
+``DIR/_parts/interactions/part-<p>.arrow``: the interactions of the shard's rows, in the table's
+order (so ties in time break as before), with ``__row`` (the shard row), part ``p`` holding the
+rows of ``PART_BATCHES`` consecutive batches (few enough files to keep open however small the
+batches). The Rust core cuts (``_core.Cutter``: a hash lookup of each row's key and a gather per
+part; several times cheaper than a join and a partitioned Parquet sink in Polars, and flat
+memory whatever the table's order). Each batch then reads its own history once for all its
+tasks and never the whole table: the cost no longer grows with shard size x table size, and an
+unsorted log costs what a sorted one does.
 
 The folder is written under a temporary name and renamed, holding the run id it was cut for
 (the run id covers the inputs' hashes and the batch size): a resumed run reuses it when that
@@ -19,55 +22,71 @@ from pathlib import Path
 
 import polars as pl
 
+from itdr_batch import _core
 from itdr_batch.run.plan import Plan
 
 EXTRACT = "interactions"
-BATCH = "__batch"
 IDENTITY = "_run_id.json"
+ROW = "__row"
+# Parts are cut so that at most this many files are open at once.
+MAX_PARTS = 256
+# Log rows per chunk handed to the cutter (memory: one chunk and its parts' copies).
+CHUNK_ROWS = 1_000_000
 
 
 class Extract:
     """The cut interactions of a run; ``batch(b)`` reads batch b's, once in a row."""
 
-    def __init__(self, path: Path, schema: pl.Schema) -> None:
+    def __init__(self, path: Path, schema: pl.Schema, batch_size: int, part_batches: int) -> None:
         self.path = path
         self.schema = schema
+        self.batch_size = batch_size
+        self.part_batches = part_batches
+        self._part: tuple[int, pl.DataFrame] | None = None
         self._last: tuple[int, pl.DataFrame] | None = None
 
     def batch(self, batch: int) -> pl.DataFrame:
         """Batch ``batch``'s interactions (empty when none of its rows has any); the last batch
-        read is kept, so the tasks of one batch share one read."""
+        and part read are kept, so the tasks of one batch share one read."""
         if self._last is not None and self._last[0] == batch:
             return self._last[1]
-        files = sorted((self.path / f"{BATCH}={batch}").glob("*.parquet"))
-        if files:
-            frame = pl.read_parquet(files, hive_partitioning=False)
-        else:
-            frame = pl.DataFrame(schema=self.schema)
+        part = self._read_part(batch // self.part_batches)
+        first = batch * self.batch_size
+        rows = pl.col(ROW)
+        frame = part.filter((rows >= first) & (rows < first + self.batch_size)).drop(ROW)
         self._last = (batch, frame)
         return frame
+
+    def _read_part(self, part: int) -> pl.DataFrame:
+        if self._part is None or self._part[0] != part:
+            path = self.path / f"part-{part:06d}.arrow"  # as the cutter names them
+            if path.is_file():
+                frame = pl.read_ipc_stream(path)
+            else:
+                frame = pl.DataFrame(schema=self.schema | {ROW: pl.UInt32})
+            self._part = (part, frame)
+        return self._part[1]
 
 
 def extract(plan: Plan, parts: Path) -> Extract:
     """The shard's interactions cut by batch under ``parts``, reused when cut for this run."""
     out = parts / EXTRACT
     schema = plan.interactions.collect_schema()
+    part_batches = -(-plan.batches // MAX_PARTS)
+    cut = Extract(out, schema, plan.batch_size, part_batches)
     identity = {"run_id": plan.run_id}
     stamp = out / IDENTITY
     if stamp.is_file() and json.loads(stamp.read_text()) == identity:
-        return Extract(out, schema)
+        return cut
     tmp = parts / f".{EXTRACT}.tmp"
     for stale in (tmp, out):
         shutil.rmtree(stale, ignore_errors=True)
-    key = plan.ids.key
-    batches = (
-        plan.shard.select(key)
-        .with_row_index(BATCH)
-        .select(key, (pl.col(BATCH) // plan.batch_size).cast(pl.UInt32).alias(BATCH))
-    )
-    cut = plan.interactions.join(batches, on=key, how="inner", maintain_order="left")
     tmp.mkdir(parents=True)  # first: the folder marks a cut in progress for its whole length
-    cut.sink_parquet(pl.PartitionBy(tmp, key=BATCH, include_key=False), mkdir=True)
+    keys = plan.shard.select(plan.ids.key).collect()
+    cutter = _core.Cutter(keys.to_series(), plan.ids.key, plan.batch_size * part_batches, tmp)
+    for chunk in plan.interactions.collect_batches(chunk_size=CHUNK_ROWS):
+        cutter.push(chunk)
+    cutter.finish()
     (tmp / IDENTITY).write_text(json.dumps(identity))
     tmp.rename(out)
-    return Extract(out, schema)
+    return cut

@@ -1,6 +1,7 @@
 //! Python bindings of `itdr_batch._core`. Only binding code lives here: the algorithms are in
 //! PyO3-free modules so that `cargo test` runs them without Python.
 
+mod cut;
 mod ids;
 mod prompts;
 mod render;
@@ -23,6 +24,7 @@ use pyo3_arrow::error::PyArrowResult;
 use pyo3_arrow::export::{Arro3ChunkedArray, Arro3Table};
 use pyo3_arrow::input::AnyArray;
 use pyo3_arrow::{PyChunkedArray, PyTable};
+use std::path::PathBuf;
 
 use crate::prompts::{Chunk, Job, Sampling, SlotColumns, Source};
 use crate::render::{Field as EntryField, ListFormat, Part, Piece, Template};
@@ -413,10 +415,47 @@ fn downcast_ref<T: 'static>(array: &ArrayRef) -> &T {
         .expect("cast to this type just before")
 }
 
+/// Cuts an interactions log into a shard's parts; see `itdr_batch/run/extract.py`.
+#[pyclass(module = "itdr_batch._core")]
+struct Cutter {
+    inner: Option<cut::Cutter>,
+}
+
+#[pymethods]
+impl Cutter {
+    #[new]
+    fn new(keys: AnyArray, key: String, rows_per_part: u32, dir: PathBuf) -> PyResult<Self> {
+        let keys = single(keys)?;
+        let inner = cut::Cutter::new(keys.as_ref(), &key, rows_per_part, &dir)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        Ok(Cutter { inner: Some(inner) })
+    }
+
+    /// Appends a chunk of the log (any Arrow table) to its parts.
+    fn push(&mut self, py: Python<'_>, chunk: PyTable) -> PyResult<()> {
+        let cutter = self.inner.as_mut().ok_or_else(finished)?;
+        let (batches, _schema) = chunk.into_inner();
+        py.detach(|| batches.iter().try_for_each(|b| cutter.push(b)))
+            .map_err(|e| PyValueError::new_err(e.to_string()))
+    }
+
+    /// Ends the parts' files; the cutter takes no more chunks.
+    fn finish(&mut self, py: Python<'_>) -> PyResult<()> {
+        let cutter = self.inner.take().ok_or_else(finished)?;
+        py.detach(|| cutter.finish())
+            .map_err(|e| PyValueError::new_err(e.to_string()))
+    }
+}
+
+fn finished() -> PyErr {
+    PyValueError::new_err("the cutter is finished")
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(stable_hash, m)?)?;
     m.add_function(wrap_pyfunction!(build_prompts, m)?)?;
+    m.add_class::<Cutter>()?;
     Ok(())
 }
