@@ -8,7 +8,7 @@ from arro3.core.types import ArrowStreamExportable
 
 from itdr_batch.core_args import Arrow, PromptJob
 
-__all__ = ["Cutter", "__version__", "build_prompts", "stable_hash"]
+__all__ = ["Cutter", "__version__", "build_prompts", "row_time_order", "stable_hash"]
 
 __version__: str
 
@@ -22,6 +22,10 @@ def build_prompts(job: PromptJob) -> Table:
     ``held_out_position``, ``status`` (names of ``itdr_batch.status.PromptStatus``) and, when
     ``item_titles`` is given, ``candidate_titles``.
     """
+
+def row_time_order(rows: Arrow, times: Arrow) -> ChunkedArray:
+    """The permutation (uint32) putting a part's rows in ``(row, time)`` order, ties as given:
+    a counting sort on the rows, then each row's entries sorted stably by time."""
 
 @final
 class Cutter:

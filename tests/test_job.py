@@ -516,17 +516,30 @@ def test_bench_job_measures_peak_memory_per_shard_size(
     figures = json.loads((tmp_path / "job.json").read_text())
     assert figures["interactions_rows"] == 100_836
     assert set(figures["sizes"]) == {"20", "40"}
+    log = pl.read_parquet(tmp_path / "work" / "sorted.parquet")
+    shuffled = pl.read_parquet(tmp_path / "work" / "shuffled.parquet")
+    # Sorted: each user's rows together; shuffled: the same rows, users spread.
+    assert log["user_id"].is_sorted()
+    assert not shuffled["user_id"].is_sorted()
+    assert_frame_equal(shuffled.sort(log.columns), log.sort(log.columns))
+    first = log["user_id"].unique().sort()
     for size in ("20", "40"):
         assert set(figures["sizes"][size]) == {"sorted", "shuffled"}
+        # Each shard runs on its own users' interactions, as the nightly flow runs it.
+        own = log.filter(pl.col("user_id").is_in(first.head(int(size)).implode())).height
         for values in figures["sizes"][size].values():
+            assert values["interactions_rows"] == own < figures["interactions_rows"]
             assert values["peak_rss_mb"] > 0
             assert values["prompts_per_s"] > 0
     assert figures["core_prompts_per_s"] > 0
-    assert set(figures["ratios"]) == {
+    ratios = figures["ratios"]
+    assert set(ratios) == {
         "core_over_job",
+        "core_over_job_by_size",
         "shuffled_over_sorted",
         "rss_ratio_largest_to_smallest",
     }
+    assert ratios["core_over_job"] == max(ratios["core_over_job_by_size"].values())
     # The two logs hold the same rows in another order: the same prompts.
     sorted_run = pl.read_parquet(tmp_path / "work" / "run-sorted-40" / "tkr.parquet")
     shuffled_run = pl.read_parquet(tmp_path / "work" / "run-shuffled-40" / "tkr.parquet")

@@ -1,9 +1,12 @@
 """`itdr-batch bench job`: the score job's own preprocessing against the Rust core, and its memory.
 
 MovieLens latest-small histories are replicated to the largest shard's user count (user ``u`` of
-copy ``r`` becomes ``r * 1_000_000 + u``) in two row orders: ``sorted`` (by user, as the copies are
-laid out) and ``shuffled`` (the original rows shuffled, each followed by its copies: every user's
-rows spread over the whole file). The shard of N users is the first N users. Each shard runs
+copy ``r`` becomes ``r * 1_000_000 + u``) in two row orders, each written in that order
+explicitly: ``sorted`` (copy after copy, each by user: every user's rows together) and
+``shuffled`` (the original rows shuffled, each followed by its copies: every user's rows spread
+over the whole file). The shard of N users is the first N users; it runs, as the nightly flow
+runs a shard, on its own interactions (the log's rows of its users, in the log's order: what
+``itdr-batch shard --interactions`` writes) and the whole log's item counts. Each shard runs
 ``itdr-batch score --dry-run`` (the real job: prompts instead of scores) in a process of its own,
 whose peak RSS comes from ``os.wait4``, on each log. In the same run, the Rust core renders the
 largest shard's prompts (up to ``CORE_USERS``) from their prepared lists: the rate the job's
@@ -11,11 +14,13 @@ preprocessing is held to (goal: at least a tenth of it end to end; shuffled with
 peak RSS at the largest shard at most 1.5x the smallest's).
 """
 
+import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,8 @@ from itdr_batch import _core
 from itdr_batch.datasets import read_movielens
 from itdr_batch.prompts.build import prepare
 from itdr_batch.run.config import load_config
+from itdr_batch.tables.shard import item_counts
+from itdr_batch.tables.sink import write_parquet_atomic
 from itdr_batch.tasks import Task
 
 COPY_STRIDE = 1_000_000
@@ -36,6 +43,7 @@ JOB = """\
 [data]
 interactions = "{interactions}"
 items = "items.parquet"
+item_counts = "item_counts.parquet"
 
 [prompts]
 tasks = ["tkr"]
@@ -51,21 +59,18 @@ batch_size = {batch_size}
 def run(sizes: list[int], batch_size: int, source: Path, workdir: Path) -> dict[str, Any]:
     """Runs the benchmark; returns the figures (the JSON written by the CLI)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    interactions_rows = _replicated(source, max(sizes), workdir)
-    users = pl.scan_parquet(workdir / "sorted.parquet").select("user_id").unique()
-    ordered = users.sort("user_id").collect(engine="streaming")
-    figures: dict[str, Any] = {
-        "batch_size": batch_size,
-        "interactions_rows": interactions_rows,
-        "sizes": {},
-    }
+    # The inputs are written in a process of their own: on Linux a child's peak RSS starts at its
+    # parent's, so the process that starts the measured runs must stay small.
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+        rows, shard_rows = pool.submit(_inputs, sizes, source, workdir).result()
+    figures: dict[str, Any] = {"batch_size": batch_size, "interactions_rows": rows, "sizes": {}}
     for size in sizes:
-        shard = workdir / f"users-{size}.parquet"
-        ordered.head(size).write_parquet(shard)
         figures["sizes"][str(size)] = {}
         for order in ORDERS:
             job = workdir / f"job-{order}.toml"
-            job.write_text(JOB.format(batch_size=batch_size, interactions=f"{order}.parquet"))
+            log = _shard_log(workdir, order, size).name
+            job.write_text(JOB.format(batch_size=batch_size, interactions=log))
             out = workdir / f"run-{order}-{size}"
             shutil.rmtree(out, ignore_errors=True)  # a complete run would be a no-op
             peak_mb, seconds = _measure(
@@ -73,7 +78,7 @@ def run(sizes: list[int], batch_size: int, source: Path, workdir: Path) -> dict[
                     "score",
                     "--dry-run",
                     "--users",
-                    str(shard),
+                    str(_users(workdir, size)),
                     "--config",
                     str(job),
                     "--out",
@@ -81,28 +86,60 @@ def run(sizes: list[int], batch_size: int, source: Path, workdir: Path) -> dict[
                 ]
             )
             figures["sizes"][str(size)][order] = {
+                "interactions_rows": shard_rows[size][order],
                 "peak_rss_mb": peak_mb,
                 "seconds": seconds,
                 "prompts_per_s": size / seconds,
             }
     core_users = min(max(sizes), CORE_USERS)
     figures["core_users"] = core_users
-    figures["core_prompts_per_s"] = _core_rate(
-        ordered.head(core_users), workdir, workdir / "job-sorted.toml"
-    )
+    users = pl.read_parquet(_users(workdir, max(sizes))).head(core_users)
+    figures["core_prompts_per_s"] = _core_rate(users, workdir)
     figures["ratios"] = _ratios(figures, sizes)
     figures["goals"] = GOALS
     return figures
 
 
-def _ratios(figures: dict[str, Any], sizes: list[int]) -> dict[str, float]:
-    """The goals' ratios: the core over the job (the slower order), shuffled over sorted (the
-    worst size), the largest shard's peak RSS over the smallest's (the larger order)."""
+def _inputs(sizes: list[int], source: Path, workdir: Path) -> tuple[int, dict[int, dict[str, int]]]:
+    """Writes the logs, the item counts, each size's users and their own logs (once); returns
+    the logs' rows and, per size and order, the shard's own."""
+    rows = _replicated(source, max(sizes), workdir)
+    users = pl.scan_parquet(workdir / "sorted.parquet").select("user_id").unique()
+    ordered = users.sort("user_id").collect(engine="streaming")
+    shard_rows: dict[int, dict[str, int]] = {}
+    for size in sizes:
+        ordered.head(size).write_parquet(_users(workdir, size))
+        shard_rows[size] = {}
+        for order in ORDERS:
+            path = _shard_log(workdir, order, size)
+            if not path.is_file():
+                mine = pl.col("user_id").is_in(ordered.head(size)["user_id"].implode())
+                whole = pl.scan_parquet(workdir / f"{order}.parquet")
+                write_parquet_atomic(whole.filter(mine), path)
+            shard_rows[size][order] = pl.scan_parquet(path).select(pl.len()).collect().item()
+    return rows, shard_rows
+
+
+def _users(workdir: Path, size: int) -> Path:
+    return workdir / f"users-{size}.parquet"
+
+
+def _shard_log(workdir: Path, order: str, size: int) -> Path:
+    """The log's rows of the first ``size`` users, in the log's order."""
+    return workdir / f"{order}-{size}.parquet"
+
+
+def _ratios(figures: dict[str, Any], sizes: list[int]) -> dict[str, Any]:
+    """The goals' ratios: the core over the job (the slowest size and order; and per size, the
+    slower order), shuffled over sorted (the worst size), the largest shard's peak RSS over the
+    smallest's (the larger order)."""
     per = figures["sizes"]
-    slowest = min(per[str(n)][o]["prompts_per_s"] for n in sizes for o in ORDERS)
+    core = figures["core_prompts_per_s"]
+    by_size = {str(n): core / min(per[str(n)][o]["prompts_per_s"] for o in ORDERS) for n in sizes}
     largest, smallest = per[str(max(sizes))], per[str(min(sizes))]
     return {
-        "core_over_job": figures["core_prompts_per_s"] / slowest,
+        "core_over_job": max(by_size.values()),
+        "core_over_job_by_size": by_size,
         "shuffled_over_sorted": max(
             per[str(n)]["shuffled"]["seconds"] / per[str(n)]["sorted"]["seconds"] for n in sizes
         ),
@@ -112,14 +149,14 @@ def _ratios(figures: dict[str, Any], sizes: list[int]) -> dict[str, float]:
     }
 
 
-def _core_rate(users: pl.DataFrame, workdir: Path, job_path: Path) -> float:
+def _core_rate(users: pl.DataFrame, workdir: Path) -> float:
     """Prompts/s of ``_core.build_prompts`` alone on the users' TKR prompts, configured as the
     job's (best of three)."""
     items = pl.read_parquet(workdir / "items.parquet")
     interactions = pl.scan_parquet(workdir / "sorted.parquet").join(
         users.lazy(), on="user_id", how="semi"
     )
-    config = load_config(job_path).prompt_config(Task.TKR)
+    config = load_config(workdir / "job-sorted.toml").prompt_config(Task.TKR)
     job = prepare(users, interactions.collect(engine="streaming"), items, config).job
     best = float("inf")
     for _ in range(3):
@@ -130,27 +167,41 @@ def _core_rate(users: pl.DataFrame, workdir: Path, job_path: Path) -> float:
 
 
 def _replicated(source: Path, users: int, workdir: Path) -> int:
-    """Writes items and the replicated interactions in both orders (once); returns their rows."""
+    """Writes items, the replicated interactions in both orders and their item counts (once);
+    returns their rows."""
     data = read_movielens(source)
     assert data.interactions is not None
     originals = data.interactions.select("user_id", "item_id", "timestamp", "rating")
     copies = -(-users // originals["user_id"].n_unique())
-    stamp = workdir / f"interactions-{copies}-copies"
+    # The stamp names the layouts' version: a workdir of an older layout is written again.
+    stamp = workdir / f"layouts-v2-{copies}-copies"
     if not stamp.is_file():
+        # Files made from other copies or layouts (their shard logs too) go.
+        for stale in [*workdir.glob("*-copies"), *workdir.glob("*.parquet")]:
+            stale.unlink()
         data.items.write_parquet(workdir / "items.parquet")
-        copy = pl.LazyFrame({"copy": pl.int_range(0, copies, eager=True)})
+        by_user = originals.sort("user_id", maintain_order=True)
+        copy = pl.col("copy") * COPY_STRIDE
         layouts = {
-            "sorted": copy.join(originals.lazy(), how="cross"),
-            "shuffled": originals.sample(fraction=1.0, shuffle=True, seed=0)
+            # Copy after copy, each by user: every user's rows together, users ascending.
+            "sorted": pl.concat(
+                by_user.lazy().with_columns(copy=pl.lit(c, pl.Int64)) for c in range(copies)
+            ),
+            # Each shuffled row followed by its copies: a user's rows over the whole file.
+            "shuffled": by_user.sample(fraction=1.0, shuffle=True, seed=0)
             .lazy()
-            .join(copy, how="cross"),
+            .with_columns(copy=pl.int_ranges(0, copies))
+            .explode("copy"),
         }
         for order, layout in layouts.items():
-            replicated = layout.with_columns(
-                user_id=pl.col("copy") * COPY_STRIDE + pl.col("user_id")
-            ).drop("copy")
+            replicated = layout.with_columns(user_id=copy + pl.col("user_id")).drop("copy")
             replicated.sink_parquet(workdir / f"{order}.parquet")
         stamp.touch()
+    counts = workdir / "item_counts.parquet"
+    if not counts.is_file():
+        item_counts(pl.scan_parquet(workdir / "sorted.parquet")).sort("item_id").write_parquet(
+            counts
+        )
     rows: int = pl.scan_parquet(workdir / "sorted.parquet").select(pl.len()).collect().item()
     return rows
 

@@ -47,9 +47,12 @@ def build_unit(plan: Plan, batch: int, task: Task, interactions: pl.DataFrame) -
     key = plan.ids.key
     rows = plan.shard.slice(batch * plan.batch_size, plan.batch_size).collect()
     prompt_config = plan.config.prompt_config(task)
-    prepared = prepare(rows, interactions, plan.items, prompt_config, plan.item_counts)
+    prepared = prepare(
+        rows, interactions, plan.items, prompt_config, plan.item_counts, extracted=True
+    )
     prompts = prepared.render_orders(plan.config.orders(task))
-    known = (plan.items if key == "item_id" else interactions)[key]
+    # The extract keeps each row's interactions together: its distinct keys are its runs.
+    known = plan.items[key] if key == "item_id" else interactions[key].rle().struct.field("value")
     reason = (
         pl.when(~pl.col(key).is_in(known.implode()))
         .then(pl.lit(UNKNOWN[key].value))

@@ -2,13 +2,14 @@
 
 Reads: the interactions table (one streaming pass) and the shard's keys. Writes
 ``DIR/_parts/interactions/part-<p>.arrow``: the interactions of the shard's rows, in the table's
-order (so ties in time break as before), with ``__row`` (the shard row), part ``p`` holding the
-rows of ``PART_BATCHES`` consecutive batches (few enough files to keep open however small the
-batches). The Rust core cuts (``_core.Cutter``: a hash lookup of each row's key and a gather per
-part; several times cheaper than a join and a partitioned Parquet sink in Polars, and flat
-memory whatever the table's order). Each batch then reads its own history once for all its
-tasks and never the whole table: the cost no longer grows with shard size x table size, and an
-unsorted log costs what a sorted one does.
+order, with ``__row`` (the shard row), part ``p`` holding the rows of consecutive batches (at
+most ``MAX_PARTS`` files, few enough to keep open however small the batches). The Rust core cuts
+(``_core.Cutter``: a hash lookup of each row's key and a gather per part; several times cheaper
+than a join and a partitioned Parquet sink in Polars, and flat memory whatever the table's
+order). A part read back is put in row order, each row's interactions by time, ties in the
+table's order (``_core.row_time_order``): a batch is a slice of it, and its lists need no sort.
+Each batch reads its own history once for all its tasks and never the whole table: the cost no
+longer grows with shard size x table size, and an unsorted log costs what a sorted one does.
 
 The folder is written under a temporary name and renamed, holding the run id it was cut for
 (the run id covers the inputs' hashes and the batch size): a resumed run reuses it when that
@@ -18,12 +19,14 @@ which the next run replaces.
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import polars as pl
 
 from itdr_batch import _core
 from itdr_batch.run.plan import Plan
+from itdr_batch.tables.schemas import INTERACTIONS
 
 EXTRACT = "interactions"
 IDENTITY = "_run_id.json"
@@ -44,24 +47,31 @@ class Extract:
         self.part_batches = part_batches
         self._part: tuple[int, pl.DataFrame] | None = None
         self._last: tuple[int, pl.DataFrame] | None = None
+        self._lock = threading.Lock()
 
     def batch(self, batch: int) -> pl.DataFrame:
-        """Batch ``batch``'s interactions (empty when none of its rows has any); the last batch
-        and part read are kept, so the tasks of one batch share one read."""
-        if self._last is not None and self._last[0] == batch:
-            return self._last[1]
-        part = self._read_part(batch // self.part_batches)
-        first = batch * self.batch_size
-        rows = pl.col(ROW)
-        frame = part.filter((rows >= first) & (rows < first + self.batch_size)).drop(ROW)
-        self._last = (batch, frame)
-        return frame
+        """Batch ``batch``'s interactions by row, each row's in time order (empty when none of
+        its rows has any); the last batch and part read are kept, so the tasks of one batch
+        share one read. Builders call it from their threads, one at a time."""
+        with self._lock:
+            if self._last is not None and self._last[0] == batch:
+                return self._last[1]
+            part = self._read_part(batch // self.part_batches)
+            first = batch * self.batch_size
+            start, end = (part[ROW].search_sorted(r) for r in (first, first + self.batch_size))
+            frame = part.slice(start, end - start).drop(ROW)
+            self._last = (batch, frame)
+            return frame
 
     def _read_part(self, part: int) -> pl.DataFrame:
+        """The part in ``(row, time)`` order."""
         if self._part is None or self._part[0] != part:
             path = self.path / f"part-{part:06d}.arrow"  # as the cutter names them
             if path.is_file():
-                frame = pl.read_ipc_stream(path)
+                # One chunk: a gather over the stream's many batches is several times slower.
+                frame = pl.read_ipc_stream(path).rechunk()
+                order = pl.Series(_core.row_time_order(frame[ROW], frame["timestamp"]))
+                frame = frame[order]
             else:
                 frame = pl.DataFrame(schema=self.schema | {ROW: pl.UInt32})
             self._part = (part, frame)
@@ -71,7 +81,10 @@ class Extract:
 def extract(plan: Plan, parts: Path) -> Extract:
     """The shard's interactions cut by batch under ``parts``, reused when cut for this run."""
     out = parts / EXTRACT
-    schema = plan.interactions.collect_schema()
+    # The prompts read only the canonical columns: a log's other columns stay out of the cut.
+    present = plan.interactions.collect_schema()
+    log = plan.interactions.select(c.name for c in INTERACTIONS.columns if c.name in present)
+    schema = log.collect_schema()
     part_batches = -(-plan.batches // MAX_PARTS)
     cut = Extract(out, schema, plan.batch_size, part_batches)
     identity = {"run_id": plan.run_id}
@@ -84,7 +97,7 @@ def extract(plan: Plan, parts: Path) -> Extract:
     tmp.mkdir(parents=True)  # first: the folder marks a cut in progress for its whole length
     keys = plan.shard.select(plan.ids.key).collect()
     cutter = _core.Cutter(keys.to_series(), plan.ids.key, plan.batch_size * part_batches, tmp)
-    for chunk in plan.interactions.collect_batches(chunk_size=CHUNK_ROWS):
+    for chunk in log.collect_batches(chunk_size=CHUNK_ROWS):
         cutter.push(chunk)
     cutter.finish()
     (tmp / IDENTITY).write_text(json.dumps(identity))

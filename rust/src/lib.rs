@@ -45,6 +45,24 @@ fn stable_hash(py: Python<'_>, ids: AnyArray) -> PyArrowResult<Arro3ChunkedArray
     Ok(PyChunkedArray::try_new(hashed, field)?.into())
 }
 
+/// The permutation putting a part's rows in `(row, time)` order, ties as given.
+#[pyfunction]
+fn row_time_order(
+    py: Python<'_>,
+    rows: AnyArray,
+    times: AnyArray,
+) -> PyArrowResult<Arro3ChunkedArray> {
+    let rows = downcast::<UInt32Array>(cast(rows, &DataType::UInt32)?);
+    let times = downcast::<arrow_array::Int64Array>(cast(times, &DataType::Int64)?);
+    if rows.null_count() + times.null_count() > 0 || rows.len() != times.len() {
+        return Err(PyValueError::new_err("rows and times: one non-null time per row").into());
+    }
+    let order = py.detach(|| cut::row_time_order(rows.values(), times.values()));
+    let field = Arc::new(Field::new("order", DataType::UInt32, false));
+    let order: ArrayRef = Arc::new(UInt32Array::from(order));
+    Ok(PyChunkedArray::try_new(vec![order], field)?.into())
+}
+
 /// A template part: literal text, or the number of a list slot.
 #[derive(FromPyObject)]
 enum PartArg {
@@ -456,6 +474,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(stable_hash, m)?)?;
     m.add_function(wrap_pyfunction!(build_prompts, m)?)?;
+    m.add_function(wrap_pyfunction!(row_time_order, m)?)?;
     m.add_class::<Cutter>()?;
     Ok(())
 }
