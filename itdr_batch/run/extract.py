@@ -46,22 +46,17 @@ class Extract:
         self.batch_size = batch_size
         self.part_batches = part_batches
         self._part: tuple[int, pl.DataFrame] | None = None
-        self._last: tuple[int, pl.DataFrame] | None = None
         self._lock = threading.Lock()
 
     def batch(self, batch: int) -> pl.DataFrame:
         """Batch ``batch``'s interactions by row, each row's in time order (empty when none of
-        its rows has any); the last batch and part read are kept, so the tasks of one batch
-        share one read. Builders call it from their threads, one at a time."""
+        its rows has any): a slice of its part, the last part read kept, so the tasks of one
+        batch share one read. Builders call it from their threads, one at a time."""
         with self._lock:
-            if self._last is not None and self._last[0] == batch:
-                return self._last[1]
             part = self._read_part(batch // self.part_batches)
-            first = batch * self.batch_size
-            start, end = (part[ROW].search_sorted(r) for r in (first, first + self.batch_size))
-            frame = part.slice(start, end - start).drop(ROW)
-            self._last = (batch, frame)
-            return frame
+        first = batch * self.batch_size
+        start, end = (part[ROW].search_sorted(r) for r in (first, first + self.batch_size))
+        return part.slice(start, end - start).drop(ROW)
 
     def _read_part(self, part: int) -> pl.DataFrame:
         """The part in ``(row, time)`` order."""

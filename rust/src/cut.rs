@@ -174,22 +174,11 @@ impl Cutter {
             .column_by_name(&self.key)
             .ok_or_else(|| invalid(&format!("the log has no {:?} column", self.key)))?;
         let rows = self.positions.rows(ids.as_ref())?;
-        // A counting sort of the chunk's row numbers by part keeps the log's order in each part.
-        let part_of = |row: u32| (row / self.rows_per_part) as usize;
-        let mut starts = vec![0usize; self.writers.len() + 1];
-        for &row in rows.iter().filter(|&&r| r != NONE) {
-            starts[part_of(row) + 1] += 1;
-        }
-        for p in 1..starts.len() {
-            starts[p] += starts[p - 1];
-        }
-        let mut next = starts.clone();
-        let mut order = vec![0u32; starts[self.writers.len()]];
-        for (i, &row) in rows.iter().enumerate().filter(|(_, &r)| r != NONE) {
-            let p = part_of(row);
-            order[next[p]] = i as u32;
-            next[p] += 1;
-        }
+        // Grouped by part in a stable counting sort: the log's order in each part.
+        let parts = rows
+            .iter()
+            .map(|&row| (row != NONE).then(|| (row / self.rows_per_part) as usize));
+        let (starts, order) = grouped(parts, self.writers.len());
         // Each part's rows in pieces, gathered and LZ4-compressed on every core (a log sorted
         // by user sends a whole chunk to one part), then written in order.
         let pieces: Vec<(usize, &[u32])> = (0..self.writers.len())
@@ -255,36 +244,50 @@ impl Cutter {
 }
 
 /// The permutation putting a part's rows in `(row, time)` order, ties in their given order:
-/// a counting sort of `(time, index)` pairs on the (dense) rows, then each row's few pairs
-/// sorted, rows on every core (an index is unique, so ties keep their order).
+/// grouped by the (dense) rows in a counting sort, then each row's few entries sorted by
+/// `(time, index)`, rows on every core (an index is unique, so ties keep their order).
 pub fn row_time_order(rows: &[u32], times: &[i64]) -> Vec<u32> {
     assert_eq!(rows.len(), times.len(), "one time per row");
     let (Some(&low), Some(&high)) = (rows.iter().min(), rows.iter().max()) else {
         return Vec::new();
     };
-    let mut starts = vec![0usize; (high - low) as usize + 2];
-    for &row in rows {
-        starts[(row - low) as usize + 1] += 1;
-    }
-    for r in 1..starts.len() {
-        starts[r] += starts[r - 1];
-    }
-    let mut next = starts.clone();
-    let mut pairs = vec![(0i64, 0u32); rows.len()];
-    for (i, (&row, &time)) in rows.iter().zip(times).enumerate() {
-        let r = (row - low) as usize;
-        pairs[next[r]] = (time, i as u32);
-        next[r] += 1;
-    }
+    let keys = rows.iter().map(|&row| Some((row - low) as usize));
+    let (starts, order) = grouped(keys, (high - low) as usize + 1);
+    let mut pairs: Vec<(i64, u32)> = order.iter().map(|&i| (times[i as usize], i)).collect();
     let mut segments = Vec::with_capacity(starts.len() - 1);
     let mut rest = pairs.as_mut_slice();
-    for r in 0..starts.len() - 1 {
-        let (segment, tail) = rest.split_at_mut(starts[r + 1] - starts[r]);
+    for window in starts.windows(2) {
+        let (segment, tail) = rest.split_at_mut(window[1] - window[0]);
         segments.push(segment);
         rest = tail;
     }
     segments.par_iter_mut().for_each(|s| s.sort_unstable());
     pairs.into_iter().map(|(_, i)| i).collect()
+}
+
+/// A stable counting sort: the positions of `keys` (each below `groups`; `None` leaves a
+/// position out) grouped by key, in input order within a group, and each group's start
+/// (`starts[g]..starts[g + 1]`).
+fn grouped(
+    keys: impl Iterator<Item = Option<usize>> + Clone,
+    groups: usize,
+) -> (Vec<usize>, Vec<u32>) {
+    let mut starts = vec![0usize; groups + 1];
+    for g in keys.clone().flatten() {
+        starts[g + 1] += 1;
+    }
+    for g in 1..starts.len() {
+        starts[g] += starts[g - 1];
+    }
+    let mut next = starts.clone();
+    let mut order = vec![0u32; starts[groups]];
+    for (i, key) in keys.enumerate() {
+        if let Some(g) = key {
+            order[next[g]] = i as u32;
+            next[g] += 1;
+        }
+    }
+    (starts, order)
 }
 
 /// The file of part `part` under `dir`.
