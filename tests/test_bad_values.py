@@ -74,6 +74,26 @@ def test_non_finite_ratings_are_dropped_and_counted_at_load(
     assert "row=1, user_id=1, item_id=2, rating=nan" in caplog.text
 
 
+def test_a_row_dropped_for_two_reasons_counts_once(
+    tmp_path: Path, items: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Drops count in order, each among the rows the earlier ones keep: every dropped row
+    appears in exactly one count, with its own row index in the file."""
+    frame = pl.DataFrame(
+        {
+            "user_id": [1, 1, 1, 1],
+            "item_id": [1, 999, 999, 2],
+            "timestamp": range(4),
+            "rating": [4.0, NAN, 3.0, 5.0],
+        }
+    )
+    with caplog.at_level(logging.WARNING):
+        table = load_interactions(write(tmp_path / "i.parquet", frame), load_items(items))
+    assert table.dropped == {"non-finite rating": 1, "unknown item_id": 1}
+    assert table.frame.collect()["item_id"].to_list() == [1, 2]
+    assert "row=2, user_id=1, item_id=999" in caplog.text
+
+
 def rp_history(ratings: list[float | None]) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Items 1..7; user 1 rated items 1..n in this order; the target is item 7."""
     items = pl.DataFrame({"item_id": list(range(1, 8)), "title": TITLES})

@@ -47,3 +47,16 @@ def test_gpu_and_cpu_extras_lock_the_same_inference_stack() -> None:
     assert len(locked["torch"]) == 1
     assert len(locked["transformers"]) == 1
     assert len(locked["peft"]) == 1
+
+
+def test_the_command_line_starts_without_the_heavy_libraries() -> None:
+    """Every command (a 10k-user dry run takes seconds) pays for what ``itdr-batch`` imports at
+    start: scipy, scikit-learn, torch, vLLM, Prefect and Ray load only where a command uses them."""
+    heavy = {"scipy", "sklearn", "torch", "vllm", "prefect", "ray", "transformers"}
+    code = "import sys, itdr_batch.cli; print(*sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = {name.split(".")[0] for name in result.stdout.split()}
+    assert loaded & heavy == set()

@@ -217,7 +217,7 @@ def test_extra_columns_pass_through(tmp_path: Path) -> None:
             "brand": ["acme"],
         }
     )
-    loaded = scan(write(tmp_path, "items.parquet", frame), ITEMS).collect()
+    loaded = scan(write(tmp_path, "items.parquet", frame), ITEMS).frame.collect()
     assert loaded.row(0, named=True) == {
         "item_id": 1,
         "title": "x",

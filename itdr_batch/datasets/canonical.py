@@ -14,7 +14,7 @@ import polars as pl
 
 from itdr_batch.errors import ItdrError
 from itdr_batch.prompts.templates import DOMAINS
-from itdr_batch.tables.load import Table, drop_unknown_items, validate
+from itdr_batch.tables.load import Table, unknown_items, validate
 from itdr_batch.tables.schemas import INTERACTIONS, ITEMS, USERS
 from itdr_batch.tables.sink import write_parquet_atomic
 
@@ -66,7 +66,7 @@ class Summary:
 
 def write_canonical(data: Ingested, out: Path) -> Summary:
     """Validates every table first, then writes ``<out>/{items,interactions,users}.parquet``."""
-    items_frame = validate(data.items.lazy(), ITEMS, f"{data.source}: items").collect()
+    items_frame = validate(data.items.lazy(), ITEMS, f"{data.source}: items").frame.collect()
     items_frame, decoded = unescape_titles(items_frame)
     notes = list(data.notes)
     if decoded:
@@ -76,13 +76,18 @@ def write_canonical(data: Ingested, out: Path) -> Summary:
     dropped = Counter(data.dropped)
     if data.interactions is not None:
         source = f"{data.source}: interactions"
-        interactions = validate(data.interactions.lazy(), INTERACTIONS, source)
-        known, unknown = drop_unknown_items(interactions, items, source)
-        outputs["interactions"] = known.collect()
-        if unknown:
-            dropped["interactions", "unknown item_id"] += unknown
+        interactions = validate(
+            data.interactions.lazy(),
+            INTERACTIONS,
+            source,
+            lambda schema: [unknown_items(schema, items, source)],
+        )
+        outputs["interactions"] = interactions.frame.collect()
+        for reason, count in interactions.dropped.items():
+            dropped["interactions", reason] += count
     if data.users is not None:
-        outputs["users"] = validate(data.users.lazy(), USERS, f"{data.source}: users").collect()
+        users = validate(data.users.lazy(), USERS, f"{data.source}: users")
+        outputs["users"] = users.frame.collect()
 
     for name, frame in outputs.items():
         write_parquet_atomic(frame, out / f"{name}.parquet")

@@ -1,6 +1,7 @@
 """Stage 0 of a run: the shard's own interactions, read from the whole table once, cut by batch.
 
-Reads: the interactions table (one streaming pass) and the shard's keys. Writes
+Reads: the interactions table (one streaming pass over the key, ``item_id``, ``timestamp`` and
+the columns the run's tasks need) and the shard's keys. Writes
 ``DIR/_parts/interactions/part-<p>.arrow``: the interactions of the shard's rows, in the table's
 order, with ``__row`` (the shard row), part ``p`` holding the rows of consecutive batches (at
 most ``MAX_PARTS`` files, few enough to keep open however small the batches). The Rust core cuts
@@ -23,10 +24,12 @@ import threading
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 
 from itdr_batch import _core
 from itdr_batch.run.plan import Plan
 from itdr_batch.tables.schemas import INTERACTIONS
+from itdr_batch.tasks import spec
 
 EXTRACT = "interactions"
 IDENTITY = "_run_id.json"
@@ -63,8 +66,11 @@ class Extract:
         if self._part is None or self._part[0] != part:
             path = self.path / f"part-{part:06d}.arrow"  # as the cutter names them
             if path.is_file():
-                # One chunk: a gather over the stream's many batches is several times slower.
-                frame = pl.read_ipc_stream(path).rechunk()
+                # pyarrow decompresses the stream's batches on every core (Polars' reader took
+                # twice as long); one chunk: a gather over many batches is several times slower.
+                with pa.ipc.open_stream(path) as stream:
+                    frame = pl.from_arrow(stream.read_all().combine_chunks())
+                assert isinstance(frame, pl.DataFrame)
                 order = pl.Series(_core.row_time_order(frame[ROW], frame["timestamp"]))
                 frame = frame[order]
             else:
@@ -76,9 +82,14 @@ class Extract:
 def extract(plan: Plan, parts: Path) -> Extract:
     """The shard's interactions cut by batch under ``parts``, reused when cut for this run."""
     out = parts / EXTRACT
-    # The prompts read only the canonical columns: a log's other columns stay out of the cut.
+    # Only the columns the run's tasks read are cut (TKR reads no rating: a fifth less to
+    # gather, compress and read back); a log's other columns stay out.
+    read = {plan.ids.key, "item_id", "timestamp"}
+    read |= {c for task in plan.tasks for c in spec(task).interaction_columns}
     present = plan.interactions.collect_schema()
-    log = plan.interactions.select(c.name for c in INTERACTIONS.columns if c.name in present)
+    log = plan.interactions.select(
+        c.name for c in INTERACTIONS.columns if c.name in present and c.name in read
+    )
     schema = log.collect_schema()
     part_batches = -(-plan.batches // MAX_PARTS)
     cut = Extract(out, schema, plan.batch_size, part_batches)

@@ -24,7 +24,6 @@ import math
 
 import numpy as np
 import polars as pl
-from scipy.stats import kendalltau
 
 from itdr_batch import _core
 from itdr_batch.status import SCORE_STATUS, ScoreStatus
@@ -94,6 +93,10 @@ def _hash(ids: pl.Series) -> pl.Series:
 
 def _agreement(long: pl.DataFrame, orders: int) -> pl.DataFrame:
     """Per user, the mean Kendall tau-b between its orders' scores of the same candidates."""
+    # Imported here: scipy.stats takes seconds to import, and every command starts by importing
+    # the job, which needs it only for runs with several orders.
+    from scipy.stats import kendalltau
+
     aligned = long.sort(ROW, "order", ITEM, maintain_order=True)
     users, taus = [], []
     for (user,), group in aligned.group_by(ROW, maintain_order=True):

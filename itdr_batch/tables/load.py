@@ -89,7 +89,25 @@ class Table:
     dropped: dict[str, int] = field(default_factory=dict)
 
 
-def scan(path: str | Path, schema: TableSchema) -> pl.LazyFrame:
+@dataclass(frozen=True)
+class Drop:
+    """Rows that loading drops, counts and reports instead of failing (see the module)."""
+
+    # The count's key in ``Table.dropped``.
+    reason: str
+    # The log's words: "<n> rows <why> and were dropped".
+    why: str
+    # The rows, over the canonical columns.
+    rows: pl.Expr
+    # Columns shown next to the row index of a few of them.
+    shown: tuple[str, ...]
+
+
+# A table's drops, from its canonical schema (which they may check first).
+Drops = Callable[[pl.Schema], list[Drop]]
+
+
+def scan(path: str | Path, schema: TableSchema, drops: Drops | None = None) -> Table:
     """Scans a Parquet file lazily and validates it against ``schema``."""
     path = Path(path)
     source = str(path)
@@ -101,7 +119,7 @@ def scan(path: str | Path, schema: TableSchema) -> pl.LazyFrame:
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise _unreadable(source, exc) from exc
     try:
-        return validate(frame, schema, source)
+        return validate(frame, schema, source, drops)
     except (pl.exceptions.ComputeError, OSError) as exc:
         # A readable footer over damaged data pages: decoding them fails during validation.
         raise _unreadable(source, exc) from exc
@@ -112,9 +130,81 @@ def _unreadable(source: str, exc: Exception) -> TableError:
     return TableError(source, [Problem(None, f"cannot be read as Parquet: {reason}")])
 
 
-def validate(frame: pl.LazyFrame, schema: TableSchema, source: str) -> pl.LazyFrame:
-    """Checks ``frame`` against ``schema`` and returns it with canonical dtypes."""
+def validate(
+    frame: pl.LazyFrame, schema: TableSchema, source: str, drops: Drops | None = None
+) -> Table:
+    """Checks ``frame`` against ``schema``; returns it with canonical dtypes, less the rows of
+    its ``drops`` (each counted among the rows the earlier ones keep).
+
+    One pass over the rows counts every rule's offenders, decodes every column, finds the
+    epochs' units and counts the drops (a log of 165M rows took four); only broken rules,
+    dropped rows and epochs that may be past year 5138 read the rows again."""
     present = frame.collect_schema()
+    casts, checks, epochs = _rules(schema, present, source)
+    if schema.unique is not None:
+        checks.append(
+            (schema.unique, "has duplicate values", pl.col(schema.unique).is_duplicated())
+        )
+    canonical_schema = frame.select(e.alias(n) for n, e in casts.items()).collect_schema()
+    dropping = [] if drops is None else drops(canonical_schema)
+    # Each drop's rows among those the earlier ones keep.
+    dropped = [
+        pl.all_horizontal(d.rows, *(~e.rows for e in dropping[:i])) for i, d in enumerate(dropping)
+    ]
+    checked = _checked(frame, present, casts)
+    tallies = {
+        **{f"check {i}": bad.sum() for i, (_, _, bad) in enumerate(checks)},
+        **{f"drop {i}": rows.sum() for i, rows in enumerate(dropped)},
+        **{
+            f"epoch {name} {j}": tally(_epoch(name, dtype))
+            for name, dtype in epochs.items()
+            for j, tally in enumerate(_EPOCH_TALLIES)
+        },
+        # Decodes every column: a damaged page fails here, not in the job.
+        **{f"read {c}": _original(c).null_count() for c in present.names()},
+    }
+    counts = (
+        checked.select(e.alias(n) for n, e in tallies.items())
+        .collect(engine="streaming")
+        .row(0, named=True)
+    )
+    keys = _key_columns(schema, present)
+    problems = [
+        _problem(checked, check, counts[f"check {i}"], keys)
+        for i, check in enumerate(checks)
+        if counts[f"check {i}"]
+    ]
+    rescaled = set()
+    for name, dtype in epochs.items():
+        smallest, lowest, highest = (counts[f"epoch {name} {j}"] for j in range(3))
+        unit, divisor = _epoch_unit(source, name, smallest)
+        if divisor != 1:
+            casts[name] = _in_seconds(casts[name], _epoch(name, dtype, read=True), divisor)
+            rescaled.add(name)
+        if smallest is not None and max(abs(lowest // divisor), abs(highest // divisor)) >= (
+            _MAX_SECONDS
+        ):
+            problems.extend(_too_large(frame, present, casts, name, dtype, unit, keys))
+    if problems:
+        raise TableError(source, problems)
+    drop_counts = {d.reason: counts[f"drop {i}"] for i, d in enumerate(dropping)}
+    for drop, rows in zip(dropping, dropped, strict=True):
+        if drop_counts[drop.reason]:
+            _log_dropped(checked, drop, rows, drop_counts[drop.reason], source)
+    # Columns already canonical stay untouched (a cast to the same dtype changes nothing), so
+    # that filters on them reach the Parquet scan: a batch then reads only its users' rows.
+    changed = {n: e for n, e in casts.items() if n in rescaled or canonical_schema[n] != present[n]}
+    table = frame.with_columns(expr.alias(name) for name, expr in changed.items())
+    if dropping:
+        table = table.filter(*(~d.rows for d in dropping))
+    return Table(source, table, {reason: n for reason, n in drop_counts.items() if n})
+
+
+def _rules(
+    schema: TableSchema, present: pl.Schema, source: str
+) -> tuple[dict[str, pl.Expr], list[tuple[str, str, pl.Expr]], dict[str, pl.DataType]]:
+    """Per present column, its cast to the canonical dtype and its row checks; the columns of
+    epoch numbers. Missing columns and dtypes that cannot be cast fail here."""
     problems = [
         Problem(c.name, f"is missing (found: {', '.join(present.names()) or 'no columns'})")
         for c in schema.columns
@@ -122,39 +212,67 @@ def validate(frame: pl.LazyFrame, schema: TableSchema, source: str) -> pl.LazyFr
     ]
     casts: dict[str, pl.Expr] = {}
     checks: list[tuple[str, str, pl.Expr]] = []
+    epochs: dict[str, pl.DataType] = {}
     for column in schema.columns:
         if column.name not in present:
             continue
-        normalise = _normaliser(column.kind, present[column.name])
+        dtype = present[column.name]
+        normalise = _normaliser(column.kind, dtype)
         if normalise is None:
-            what = f"has dtype {present[column.name]}, expected {column.kind.value}"
+            what = f"has dtype {dtype}, expected {column.kind.value}"
             problems.append(Problem(column.name, what))
             continue
         casts[column.name] = normalise(pl.col(column.name))
-        checks.extend(_row_checks(column, pl.col(column.name), pl.col(_canonical(column.name))))
+        checks.extend(_row_checks(column, _original(column.name), pl.col(column.name)))
+        if column.kind is Kind.TIMESTAMP and _epoch_values(pl.col(column.name), dtype) is not None:
+            epochs[column.name] = dtype
     if problems:
         raise TableError(source, problems)
-    rescaled = _read_epochs(frame, schema, present, casts, checks, source)
-    if schema.unique is not None:
-        duplicated = pl.col(_canonical(schema.unique)).is_duplicated()
-        checks.append((schema.unique, "has duplicate values", duplicated))
+    return casts, checks, epochs
 
-    # Checks see each original column next to its converted form (to tell null from unparsable).
-    checked = frame.with_row_index(ROW).with_columns(
-        expr.alias(_canonical(name)) for name, expr in casts.items()
+
+def _original(name: str) -> pl.Expr:
+    """A column as read, beside its canonical form (which has its name) while checking."""
+    return pl.col(f"__original_{name}")
+
+
+def _checked(frame: pl.LazyFrame, present: pl.Schema, casts: dict[str, pl.Expr]) -> pl.LazyFrame:
+    """Each column as read (``_original``) and in canonical form: checks tell a null from an
+    unparsable value by comparing the two."""
+    return frame.select(
+        *(pl.col(name).alias(f"__original_{name}") for name in present.names()),
+        *(expr.alias(name) for name, expr in casts.items()),
     )
-    problems = _failed_checks(checked, checks, _key_columns(schema, present), present.names())
-    if problems:
-        raise TableError(source, problems)
-    # Columns already canonical stay untouched (a cast to the same dtype changes nothing), so
-    # that filters on them reach the Parquet scan: a batch then reads only its users' rows.
-    converted = frame.select(expr.alias(name) for name, expr in casts.items()).collect_schema()
-    changed = {n: e for n, e in casts.items() if n in rescaled or converted[n] != present[n]}
-    return frame.with_columns(expr.alias(name) for name, expr in changed.items())
 
 
-def _canonical(name: str) -> str:
-    return f"__canonical_{name}"
+def _problem(
+    checked: pl.LazyFrame, check: tuple[str, str, pl.Expr], count: int, keys: list[str]
+) -> Problem:
+    """A broken rule with its count and its first offending rows (by row index), as read."""
+    column, what, bad = check
+    shown = dict.fromkeys([*keys, column])
+    examples = (
+        checked.with_row_index(ROW)
+        .filter(bad)
+        .select(ROW, *(_original(c).alias(c) for c in shown))
+        .head(MAX_EXAMPLES)
+        .collect()
+    )
+    return Problem(column, what, count, examples)
+
+
+def _log_dropped(checked: pl.LazyFrame, drop: Drop, rows: pl.Expr, count: int, source: str) -> None:
+    examples = (
+        checked.with_row_index(ROW).filter(rows).select(ROW, *drop.shown).head(MAX_EXAMPLES)
+    ).collect()
+    log.warning(
+        "%s: %d rows %s and were dropped (first %d: %s)",
+        source,
+        count,
+        drop.why,
+        len(examples),
+        _format_rows(examples),
+    )
 
 
 def _key_columns(schema: TableSchema, present: pl.Schema) -> list[str]:
@@ -164,129 +282,81 @@ def _key_columns(schema: TableSchema, present: pl.Schema) -> list[str]:
     ]
 
 
-def _failed_checks(
-    checked: pl.LazyFrame,
-    checks: list[tuple[str, str, pl.Expr]],
-    keys: list[str],
-    columns: list[str],
-) -> list[Problem]:
-    """Counts every rule's offending rows in one pass that also decodes all ``columns`` (a damaged
-    page fails here, not in the job); fetches examples only for broken rules."""
-    counts = (
-        checked.select(
-            *(bad.sum().alias(f"__check_{i}") for i, (_, _, bad) in enumerate(checks)),
-            *(pl.col(c).null_count().alias(f"__read_{c}") for c in columns),
-        )
-        .collect(engine="streaming")
-        .row(0)[: len(checks)]
-    )
-    problems = []
-    for (column, what, bad), count in zip(checks, counts, strict=True):
-        if count:
-            shown = [ROW, *dict.fromkeys([*keys, column])]
-            examples = checked.filter(bad).select(shown).head(MAX_EXAMPLES).collect()
-            problems.append(Problem(column, what, count, examples))
-    return problems
-
-
 def load_items(path: str | Path) -> Table:
     """Loads and validates an items table."""
-    return Table(str(path), scan(path, ITEMS))
+    return scan(path, ITEMS)
 
 
 def load_interactions(path: str | Path, items: Table) -> Table:
     """Loads interactions and drops (counting them) rows whose rating is NaN or infinite and rows
     whose item is not in ``items``."""
     source = str(path)
-    frame = scan(path, INTERACTIONS)
-    finite, non_finite = drop_non_finite_ratings(frame, source)
-    known, unknown = drop_unknown_items(finite, items, source)
-    dropped = {"non-finite rating": non_finite, "unknown item_id": unknown}
-    return Table(source, known, {reason: n for reason, n in dropped.items() if n})
+
+    def drops(schema: pl.Schema) -> list[Drop]:
+        return [*_non_finite_ratings(schema), unknown_items(schema, items, source)]
+
+    return scan(path, INTERACTIONS, drops)
 
 
 def load_users(path: str | Path, items: Table, interactions: Table | None = None) -> Table:
     """Loads a users shard; an empty shard is valid. Its ``user_id`` must have the dtype of the
     ``interactions``' (when given): ids keep one type end to end."""
     source = str(path)
-    frame = scan(path, USERS)
-    names = frame.collect_schema().names()
+    table = scan(path, USERS)
+    schema = table.frame.collect_schema()
     for column in ("candidates", "target_item_id"):
-        if column in names:
-            _check_same_ids(frame, column, items, source)
+        if column in schema:
+            _check_same_ids(schema, column, items, source)
     if interactions is not None:
         expected = interactions.frame.collect_schema()["user_id"]
-        actual = frame.collect_schema()["user_id"]
-        if actual != expected:
-            what = f"holds {actual} user ids but user_id in {interactions.source} is {expected}"
+        if schema["user_id"] != expected:
+            what = (
+                f"holds {schema['user_id']} user ids but user_id in {interactions.source} is "
+                f"{expected}"
+            )
             raise TableError(source, [Problem("user_id", what)])
-    return Table(source, frame)
+    return table
 
 
 def load_item_shard(path: str | Path, items: Table) -> Table:
     """Loads a shard of items (TUI rows), whose ids must have the items' id type."""
     source = str(path)
-    frame = scan(path, ITEM_SHARD)
-    _check_same_ids(frame, "item_id", items, source)
-    return Table(source, frame)
+    table = scan(path, ITEM_SHARD)
+    _check_same_ids(table.frame.collect_schema(), "item_id", items, source)
+    return table
 
 
-def drop_unknown_items(
-    interactions: pl.LazyFrame, items: Table, source: str
-) -> tuple[pl.LazyFrame, int]:
-    """Keeps the interactions whose item is in ``items``; logs and returns how many were dropped."""
-    _check_same_ids(interactions, "item_id", items, source)
-    item_ids = items.frame.select("item_id")
-    unknown = interactions.with_row_index(ROW).join(item_ids, on="item_id", how="anti")
-    why = f"point at item_ids not in {items.source}"
-    count = _count_dropped(unknown, ["user_id", "item_id"], source, why)
-    known = interactions.join(item_ids, on="item_id", how="semi", maintain_order="left")
-    return known, count
+def unknown_items(schema: pl.Schema, items: Table, source: str) -> Drop:
+    """Interactions (of canonical ``schema``) whose item is not in ``items``: kept out, because
+    real catalogues lag behind their logs."""
+    _check_same_ids(schema, "item_id", items, source)
+    ids = items.frame.select("item_id").collect()["item_id"]
+    return Drop(
+        "unknown item_id",
+        f"point at item_ids not in {items.source}",
+        ~pl.col("item_id").is_in(ids.implode()),
+        ("user_id", "item_id"),
+    )
 
 
-def drop_non_finite_ratings(interactions: pl.LazyFrame, source: str) -> tuple[pl.LazyFrame, int]:
-    """Drops interactions whose rating is NaN or infinite (a null rating is kept: no rating);
-    logs and returns how many were dropped."""
-    if "rating" not in interactions.collect_schema().names():
-        return interactions, 0
-    non_finite = pl.col("rating").is_not_null() & ~pl.col("rating").is_finite()
-    bad = interactions.with_row_index(ROW).filter(non_finite)
+def _non_finite_ratings(schema: pl.Schema) -> list[Drop]:
+    """Interactions whose rating is NaN or infinite (a null rating is kept: no rating)."""
+    if "rating" not in schema:
+        return []
+    rating = pl.col("rating")
+    non_finite = rating.is_not_null() & ~rating.is_finite()
     why = "have a NaN or infinite rating"
-    count = _count_dropped(bad, ["user_id", "item_id", "rating"], source, why)
-    return interactions.filter(~non_finite), count
+    return [Drop("non-finite rating", why, non_finite, ("user_id", "item_id", "rating"))]
 
 
-def _count_dropped(bad: pl.LazyFrame, columns: list[str], source: str, why: str) -> int:
-    """How many rows ``bad`` (indexed by ``ROW``) holds; when any, logs them with examples."""
-    count: int = bad.select(pl.len()).collect(engine="streaming").item()
-    if count:
-        examples = bad.select(ROW, *columns).head(MAX_EXAMPLES).collect()
-        log.warning(
-            "%s: %d rows %s and were dropped (first %d: %s)",
-            source,
-            count,
-            why,
-            len(examples),
-            _format_rows(examples),
-        )
-    return count
-
-
-def _check_same_ids(frame: pl.LazyFrame, column: str, items: Table, source: str) -> None:
+def _check_same_ids(schema: pl.Schema, column: str, items: Table, source: str) -> None:
     """Ids must keep one type end to end: a column of item ids has the items' id dtype."""
     expected = items.frame.collect_schema()["item_id"]
-    actual = frame.collect_schema()[column]
+    actual = schema[column]
     inner = actual.inner if isinstance(actual, pl.List) else actual
     if inner != expected:
-        raise TableError(
-            source,
-            [
-                Problem(
-                    column,
-                    f"holds {inner} item ids but item_id in {items.source} is {expected}",
-                )
-            ],
-        )
+        what = f"holds {inner} item ids but item_id in {items.source} is {expected}"
+        raise TableError(source, [Problem(column, what)])
 
 
 def _normaliser(kind: Kind, dtype: pl.DataType) -> Callable[[pl.Expr], pl.Expr] | None:
@@ -324,33 +394,6 @@ def _normaliser(kind: Kind, dtype: pl.DataType) -> Callable[[pl.Expr], pl.Expr] 
     return None
 
 
-def _read_epochs(
-    frame: pl.LazyFrame,
-    schema: TableSchema,
-    present: pl.Schema,
-    casts: dict[str, pl.Expr],
-    checks: list[tuple[str, str, pl.Expr]],
-    source: str,
-) -> set[str]:
-    """Epoch-number timestamps in their detected unit: rescales the ``casts`` of columns not in
-    seconds, adds a check for values in another unit, returns the rescaled columns."""
-    rescaled = set()
-    for column in schema.columns:
-        epoch = None
-        if column.kind is Kind.TIMESTAMP and column.name in casts:
-            epoch = _epoch_values(pl.col(column.name), present[column.name])
-        if epoch is None:
-            continue
-        unit, divisor = _epoch_unit(frame, column.name, epoch, source)
-        if divisor != 1:
-            casts[column.name] = _in_seconds(casts[column.name], epoch, divisor)
-            rescaled.add(column.name)
-        too_large = epoch.is_not_null() & (pl.col(_canonical(column.name)).abs() >= _MAX_SECONDS)
-        what = f"has epoch values past year 5138 as {unit} (its smallest values' unit)"
-        checks.append((column.name, f"{what}: mixed units?", too_large))
-    return rescaled
-
-
 def _epoch_values(column: pl.Expr, dtype: pl.DataType) -> pl.Expr | None:
     """The column's epoch numbers (null elsewhere), or None for dtypes that carry no epochs."""
     if dtype.is_integer():
@@ -362,9 +405,24 @@ def _epoch_values(column: pl.Expr, dtype: pl.DataType) -> pl.Expr | None:
     return None
 
 
-def _epoch_unit(frame: pl.LazyFrame, name: str, epoch: pl.Expr, source: str) -> tuple[str, int]:
-    """The unit of a column's epoch numbers, from the smallest magnitude (one pass over it)."""
-    smallest = frame.select(epoch.abs().min()).collect(engine="streaming").item()
+def _epoch(name: str, dtype: pl.DataType, *, read: bool = False) -> pl.Expr:
+    """A column's epoch numbers, in the checked frame (or ``read``: in the file's)."""
+    epoch = _epoch_values(pl.col(name) if read else _original(name), dtype)
+    assert epoch is not None
+    return epoch
+
+
+# Over a column's epoch numbers: the smallest magnitude (its unit), the least and the greatest
+# (whether any may be past year 5138 in that unit).
+_EPOCH_TALLIES: tuple[Callable[[pl.Expr], pl.Expr], ...] = (
+    lambda e: e.abs().min(),
+    lambda e: e.min(),
+    lambda e: e.max(),
+)
+
+
+def _epoch_unit(source: str, name: str, smallest: float | None) -> tuple[str, int]:
+    """The unit of a column's epoch numbers, from their smallest magnitude."""
     if smallest is None:
         return _EPOCH_UNITS[0]
     unit, divisor = next(
@@ -380,6 +438,26 @@ def _epoch_unit(frame: pl.LazyFrame, name: str, epoch: pl.Expr, source: str) -> 
             smallest,
         )
     return unit, divisor
+
+
+def _too_large(
+    frame: pl.LazyFrame,
+    present: pl.Schema,
+    casts: dict[str, pl.Expr],
+    name: str,
+    dtype: pl.DataType,
+    unit: str,
+    keys: list[str],
+) -> list[Problem]:
+    """Epoch values still past year 5138 in seconds once read in the column's ``unit``: a column
+    of mixed units. A second pass, taken only when the least or greatest value is such."""
+    checked = _checked(frame, present, casts)
+    too_large = _epoch(name, dtype).is_not_null() & (pl.col(name).abs() >= _MAX_SECONDS)
+    count = checked.select(too_large.sum()).collect(engine="streaming").item()
+    if not count:
+        return []
+    what = f"has epoch values past year 5138 as {unit} (its smallest values' unit): mixed units?"
+    return [_problem(checked, (name, what, too_large), count, keys)]
 
 
 def _in_seconds(converted: pl.Expr, epoch: pl.Expr, divisor: int) -> pl.Expr:

@@ -58,7 +58,7 @@ def interactions_path(out: Path, index: int, shards: int) -> Path:
 def split_users(users: Path, shards: int, out: Path) -> list[Path]:
     """Writes ``shards`` files under ``out`` (some may be empty) and returns their paths."""
     _check_count(shards)
-    return _write_users(scan(users, USERS), shards, out)
+    return _write_users(scan(users, USERS).frame, shards, out)
 
 
 def split(users: Path, interactions: Path, items: Path, shards: int, out: Path) -> Split:
@@ -86,7 +86,7 @@ def item_counts(interactions: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
 def load_item_counts(path: Path, items: Table) -> pl.DataFrame:
     """An item counts file (``split``'s, or any with ``item_id`` of the items' id type and a
     non-negative integer ``count``), validated: a run's popularity weights come from it."""
-    counts = scan(path, _COUNT_IDS).collect()
+    counts = scan(path, _COUNT_IDS).frame.collect()
     if problem := _count_problem(counts, items):
         raise TableError(str(path), [problem])
     return counts.select("item_id", "count")
