@@ -124,7 +124,11 @@ def test_a_second_writer_is_refused_naming_the_holder_and_writes_nothing(
 def test_two_score_processes_on_one_folder_leave_one_consistent_run(
     cli: CliRunner, write_job: WriteJob, movielens: Canonical, tmp_path: Path
 ) -> None:
-    """The issue's case: a second run with another seed while the first scores."""
+    """The issue's case: a second run with another seed while the first scores.
+
+    The first run is paused (SIGSTOP) after its first commit, so it is mid-run, holding the
+    lock, when the second starts, however fast either is on the day; it resumes afterwards.
+    """
     first_job = write_job(tmp_path, scoring={"batch_size": 1})
     out = tmp_path / "run"
     args = ["score", "--users", str(movielens.users), "--config", str(first_job), "--out", str(out)]
@@ -135,8 +139,15 @@ def test_two_score_processes_on_one_folder_leave_one_consistent_run(
     while not committed_units(out):
         assert first.poll() is None, log.read_text()
         assert time.monotonic() < deadline, "the first run committed nothing in time"
-        time.sleep(0.05)
-    message = one_line(cli.invoke(app, [*args, "--seed", "1"]))
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)
+    try:
+        assert first.poll() is None, (
+            f"the first run ended before the second started\n{log.read_text()}"
+        )
+        message = one_line(cli.invoke(app, [*args, "--seed", "1"]))
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert f"pid {first.pid} on host {socket.gethostname()}" in message
     assert first.wait(timeout=300) == 0, log.read_text()
     manifest = json.loads((out / "_manifest.json").read_text())
