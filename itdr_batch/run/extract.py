@@ -3,8 +3,9 @@
 Reads: the interactions table (one streaming pass over the key, ``item_id``, ``timestamp`` and
 the columns the run's tasks need) and the shard's keys. Writes
 ``DIR/_parts/interactions/part-<p>.arrow``: the interactions of the shard's rows, in the table's
-order, with ``__row`` (the shard row), part ``p`` holding the rows of consecutive batches (at
-most ``MAX_PARTS`` files, few enough to keep open however small the batches). The Rust core cuts
+order, with ``__row`` (the shard row) in place of the key (a batch gathers it back from the
+shard's keys), part ``p`` holding the rows of consecutive batches (at most ``MAX_PARTS`` files,
+few enough to keep open however small the batches). The Rust core cuts
 (``_core.Cutter``: a hash lookup of each row's key and a gather per part; several times cheaper
 than a join and a partitioned Parquet sink in Polars, and flat memory whatever the table's
 order). A part read back is put in row order, each row's interactions by time, ties in the
@@ -43,13 +44,19 @@ CHUNK_ROWS = 1_000_000
 class Extract:
     """The cut interactions of a run; ``batch(b)`` reads batch b's, once in a row."""
 
-    def __init__(self, path: Path, schema: pl.Schema, batch_size: int, part_batches: int) -> None:
+    def __init__(self, path: Path, keys: pl.Series, schema: pl.Schema, batch_size: int) -> None:
+        # The shard's keys, by row: a part holds each interaction's row, not its key.
+        self.keys = keys
         self.path = path
         self.schema = schema
         self.batch_size = batch_size
-        self.part_batches = part_batches
+        self.part_batches = -(-keys.len() // batch_size // MAX_PARTS) or 1
         self._part: tuple[int, pl.DataFrame] | None = None
         self._lock = threading.Lock()
+
+    @property
+    def rows_per_part(self) -> int:
+        return self.batch_size * self.part_batches
 
     def batch(self, batch: int) -> pl.DataFrame:
         """Batch ``batch``'s interactions by row, each row's in time order (empty when none of
@@ -59,7 +66,8 @@ class Extract:
             part = self._read_part(batch // self.part_batches)
         first = batch * self.batch_size
         start, end = (part[ROW].search_sorted(r) for r in (first, first + self.batch_size))
-        return part.slice(start, end - start).drop(ROW)
+        rows = part.slice(start, end - start)
+        return rows.drop(ROW).insert_column(0, self.keys.gather(rows[ROW]))
 
     def _read_part(self, part: int) -> pl.DataFrame:
         """The part in ``(row, time)`` order."""
@@ -90,9 +98,9 @@ def extract(plan: Plan, parts: Path) -> Extract:
     log = plan.interactions.select(
         c.name for c in INTERACTIONS.columns if c.name in present and c.name in read
     )
-    schema = log.collect_schema()
-    part_batches = -(-plan.batches // MAX_PARTS)
-    cut = Extract(out, schema, plan.batch_size, part_batches)
+    keys = plan.shard.select(plan.ids.key).collect().to_series()
+    schema = pl.Schema((n, t) for n, t in log.collect_schema().items() if n != plan.ids.key)
+    cut = Extract(out, keys, schema, plan.batch_size)
     identity = {"run_id": plan.run_id}
     stamp = out / IDENTITY
     if stamp.is_file() and json.loads(stamp.read_text()) == identity:
@@ -101,8 +109,7 @@ def extract(plan: Plan, parts: Path) -> Extract:
     for stale in (tmp, out):
         shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir(parents=True)  # first: the folder marks a cut in progress for its whole length
-    keys = plan.shard.select(plan.ids.key).collect()
-    cutter = _core.Cutter(keys.to_series(), plan.ids.key, plan.batch_size * part_batches, tmp)
+    cutter = _core.Cutter(keys, plan.ids.key, cut.rows_per_part, tmp)
     for chunk in log.collect_batches(chunk_size=CHUNK_ROWS):
         cutter.push(chunk)
     cutter.finish()

@@ -3,7 +3,8 @@
 //!
 //! The log streams through once, in chunks. Each row's key is looked up among the shard's keys
 //! (a hash map, built once); a row of shard row `r` goes to part `r / rows_per_part`, with `r`
-//! in an added `__row` column; rows of no shard row are dropped. Each part is one Arrow IPC
+//! in an added `__row` column in place of the key (the shard's, a gather away); rows of no shard
+//! row are dropped. Each part is one Arrow IPC
 //! stream file (LZ4), rows in log order, so ties in time still break by the log's order. A
 //! hash lookup and a gather per row: what a join and a partitioned Parquet sink cost in Polars,
 //! several times cheaper, and the same whatever the log's order.
@@ -168,12 +169,16 @@ impl Cutter {
         })
     }
 
-    /// Cuts one chunk of the log: its rows of shard rows, with `ROW`, appended to their parts.
+    /// Cuts one chunk of the log: its rows of shard rows, with `ROW` in place of the key,
+    /// appended to their parts.
     pub fn push(&mut self, chunk: &RecordBatch) -> Result<(), ArrowError> {
-        let ids = chunk
-            .column_by_name(&self.key)
-            .ok_or_else(|| invalid(&format!("the log has no {:?} column", self.key)))?;
-        let rows = self.positions.rows(ids.as_ref())?;
+        let key = chunk
+            .schema_ref()
+            .index_of(&self.key)
+            .map_err(|_| invalid(&format!("the log has no {:?} column", self.key)))?;
+        let rows = self.positions.rows(chunk.column(key).as_ref())?;
+        let others: Vec<usize> = (0..chunk.num_columns()).filter(|&c| c != key).collect();
+        let chunk = &chunk.project(&others)?;
         // Grouped by part in a stable counting sort: the log's order in each part.
         let parts = rows
             .iter()
@@ -366,6 +371,14 @@ mod tests {
             .collect();
         assert_eq!(items, vec![2, 4, 5]); // users 10 and 30, in log order; 99 is dropped
         assert_eq!(rows, vec![1, 0, 1]);
+        // The key gives way to the shard row.
+        let names: Vec<String> = first[0]
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(names, vec!["item_id", ROW]);
         let second = read(&dir, 1);
         let items: Vec<i64> = column::<Int64Array>(&second, "item_id")
             .iter()
