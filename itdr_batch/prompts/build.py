@@ -40,8 +40,11 @@ OPTIONAL_FIELDS = ("category", "genres")
 HELD_OUT_TEXT = ("held_out_item_id", "held_out_text")
 # What a content-free prompt shows in place of each list.
 CONTENT_FREE = "N/A"
-# A row's place in its frame while its presentation orders are interleaved.
-_ROW = "__row"
+# A row's position in its frame: extracted interactions' link to their row (``prepare``), and
+# a row's place while its presentation orders are interleaved.
+ROW = "__row"
+# Extracted interactions' item: its position among the items (the cut looked the id up).
+ITEM = "__item"
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +180,8 @@ class Prepared:
                 else self.job | {"sampling": sampling | {"order": order, "orders": orders}}
             )
             frame = self.finish(_core.build_prompts(job))
-            frames.append(frame.with_columns(order=pl.lit(order, pl.UInt32)).with_row_index(_ROW))
-        return pl.concat(frames).sort(_ROW, maintain_order=True).drop(_ROW)
+            frames.append(frame.with_columns(order=pl.lit(order, pl.UInt32)).with_row_index(ROW))
+        return pl.concat(frames).sort(ROW, maintain_order=True).drop(ROW)
 
     def finish(self, table: ArrowStreamExportable) -> pl.DataFrame:
         """The rows' ids next to what the Rust core returned; statuses as ``PromptStatus``."""
@@ -224,8 +227,10 @@ def prepare(
 ) -> Prepared:
     """Polars' half of the work: each row's lists, the compiled template, the sampler's pool.
 
-    ``extracted``: ``interactions`` are the rows' own, each row's in time order (a run's
-    ``Extract.batch``), so they are neither filtered nor sorted again."""
+    ``extracted``: ``interactions`` are the rows' own, by row and each row's in time order, with
+    ``ROW`` (the row's position in ``rows``, flagged sorted) in place of the key and, unless the
+    rows are items, ``ITEM`` in place of ``item_id`` (a run's ``Extract.batch``): neither
+    filtered nor sorted again, grouped by runs of ``ROW``, items not looked up again."""
     task = Task(config.task)
     rules = spec(task)
     template = config.template or TEMPLATES[task]
@@ -321,15 +326,18 @@ def _row_data(
     _require_columns(task, config, interactions, items)
     if task is Task.TUI:
         kept, held_out = _held_out(task, _has_text(), config)
+        by = ROW if extracted else "item_id"
         reviews = _grouped(
             interactions.filter(_has_text()),
             items,
-            "item_id",
+            by,
             extracted,
             texts=pl.col("review").filter(kept),
             **held_out,
         )
-        frame = _attach(rows.select("item_id"), reviews, "item_id", items)
+        frame = _attach(rows.select("item_id"), reviews, by).join(
+            items.select("item_id", item_idx="idx"), on="item_id", how="left", maintain_order="left"
+        )
         frame = frame.with_columns(
             *_first(held_out), target=pl.concat_list("item_idx").list.drop_nulls()
         )
@@ -386,8 +394,9 @@ def _row_data(
 
     if not extracted:
         interactions = interactions.filter(pl.col("user_id").is_in(rows["user_id"].implode()))
-    grouped = _grouped(interactions, items, "user_id", extracted, **columns)
-    frame = _attach(rows, grouped, "user_id", items).with_columns(*_first(columns))
+    by = ROW if extracted else "user_id"
+    grouped = _grouped(interactions, items, by, extracted, **columns)
+    frame = _attach(rows, grouped, by).with_columns(*_first(columns))
     if spec(task).result is ResultKind.RATING:
         if "target_item_id" not in frame.columns:
             frame = frame.with_columns(target_item_id=pl.lit(None, items["item_id"].dtype))
@@ -444,44 +453,52 @@ def _require_columns(
 def _grouped(
     interactions: pl.LazyFrame,
     items: pl.DataFrame,
-    key: str,
-    in_time_order: bool,
+    by: str,
+    extracted: bool,
     /,
     **columns: pl.Expr,
 ) -> pl.DataFrame:
-    """Per `key`, lists of `columns` over its interactions by timestamp (ties: input order);
-    ``in_time_order``: each key's interactions already are."""
-    # Each interaction's item index (and domain), interactions of unknown items dropped: an
-    # inner join with the items keeping the interactions' order, at half the cost.
-    item = pl.col("item_id")
-    ordered = interactions.with_columns(
-        item.replace_strict(items["item_id"], items[c], default=None).alias(c)
-        for c in ("idx", "domain")
-        if c in items.columns
-    ).drop_nulls("idx")
-    if not in_time_order:
+    """Per ``by`` (a key, or ``ROW`` when ``extracted``), lists of `columns` over its
+    interactions by timestamp (ties: input order); ``extracted``: they already are, by row."""
+    if ITEM in interactions.collect_schema().names():
+        # Item positions from the cut: ids and domains are gathers (dropped unless used).
+        ordered = interactions.with_columns(
+            pl.lit(items[c]).gather(ITEM).alias(c)
+            for c in ("idx", "item_id", "domain")
+            if c in items.columns
+        )
+    else:
+        # Each interaction's item index (and domain), interactions of unknown items dropped:
+        # an inner join with the items keeping the interactions' order, at half the cost.
+        item = pl.col("item_id")
+        ordered = interactions.with_columns(
+            item.replace_strict(items["item_id"], items[c], default=None).alias(c)
+            for c in ("idx", "domain")
+            if c in items.columns
+        ).drop_nulls("idx")
+    if extracted:
+        # Runs of a sorted column: grouped without hashing (several times faster than by key).
+        ordered = ordered.with_columns(pl.col(by).set_sorted())
+    else:
         # A stable sort on time alone keeps input order among ties, and a group keeps the
         # frame's order: twice as fast as sorting on (key, timestamp, input order).
         ordered = ordered.sort("timestamp", maintain_order=True)
-    return ordered.group_by(key).agg(**columns).collect()
+    return ordered.group_by(by).agg(**columns).collect()
 
 
-def _attach(
-    rows: pl.DataFrame, grouped: pl.DataFrame, key: str, items: pl.DataFrame
-) -> pl.DataFrame:
+def _attach(rows: pl.DataFrame, grouped: pl.DataFrame, by: str) -> pl.DataFrame:
     """Each row with its lists (empty when it has no interactions), in the rows' order."""
-    frame = rows.join(grouped, on=key, how="left", maintain_order="left")
+    if by == ROW:
+        frame = rows.with_row_index(ROW).join(grouped, on=ROW, how="left", maintain_order="left")
+        frame = frame.drop(ROW)
+    else:
+        frame = rows.join(grouped, on=by, how="left", maintain_order="left")
     # Lists (empty) and counts (0) of the rows without interactions.
-    frame = frame.with_columns(
+    return frame.with_columns(
         pl.col(c).fill_null([] if isinstance(dtype, pl.List) else 0)
         for c, dtype in grouped.schema.items()
-        if c != key
+        if c != by
     )
-    if key == "item_id":
-        frame = frame.join(
-            items.select("item_id", item_idx="idx"), on="item_id", how="left", maintain_order="left"
-        )
-    return frame
 
 
 def item_indices(ids: pl.Expr, items: pl.DataFrame) -> pl.Expr:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from itdr_batch.prompts.build import prepare, rated
+from itdr_batch.prompts.build import ROW, prepare, rated
 from itdr_batch.run.plan import Plan
 from itdr_batch.run.results import TRUTH, truth_dtype
 from itdr_batch.status import REJECT_REASON, PromptStatus, RejectReason
@@ -51,8 +51,8 @@ def build_unit(plan: Plan, batch: int, task: Task, interactions: pl.DataFrame) -
         rows, interactions, plan.items, prompt_config, plan.item_counts, extracted=True
     )
     prompts = prepared.render_orders(plan.config.orders(task))
-    # The extract keeps each row's interactions together: its distinct keys are its runs.
-    known = plan.items[key] if key == "item_id" else interactions[key].rle().struct.field("value")
+    # Rows with interactions: those whose position (``ROW``) the batch's interactions name.
+    known = plan.items[key] if key == "item_id" else rows[key].gather(interactions[ROW].unique())
     reason = (
         pl.when(~pl.col(key).is_in(known.implode()))
         .then(pl.lit(UNKNOWN[key].value))
@@ -79,16 +79,15 @@ def _truth(
     none = pl.repeat(None, rows.height, dtype=dtype, eager=True)
     if not plan.config.prompts.evaluation:
         return none.alias(TRUTH)
-    key = plan.ids.key
     result = spec(task).result
     if result is ResultKind.RANKING:
         return prompts["held_out_item_id"].alias(TRUTH)
     if result is ResultKind.RATING:
         # The held-out entry: the last interaction RP shows (a rating within the scale).
+        # The interactions are in (row, time) order already (``Extract.batch``).
         shown = interactions.filter(rated(plan.config.prompt_config(task)))
-        ordered = shown.with_row_index("__order").sort(key, "timestamp", "__order")
-        last = ordered.group_by(key, maintain_order=True).agg(pl.col("rating").last())
-        joined = rows.select(key).join(last, on=key, how="left", maintain_order="left")
+        last = shown.group_by(ROW).agg(pl.col("rating").last())
+        joined = rows.with_row_index(ROW).join(last, on=ROW, how="left", maintain_order="left")
         return joined["rating"].cast(dtype).alias(TRUTH)
     if result is ResultKind.ATTRIBUTES:
         names = [n.replace(" ", "_") for n in plan.config.prompt_config(task).attribute_names]

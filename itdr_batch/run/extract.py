@@ -1,15 +1,17 @@
 """Stage 0 of a run: the shard's own interactions, read from the whole table once, cut by batch.
 
 Reads: the interactions table (one streaming pass over the key, ``item_id``, ``timestamp`` and
-the columns the run's tasks need) and the shard's keys. Writes
+the columns the run's tasks need), the shard's keys and the item ids. Writes
 ``DIR/_parts/interactions/part-<p>.arrow``: the interactions of the shard's rows, in the table's
-order, with ``__row`` (the shard row) in place of the key (a batch gathers it back from the
-shard's keys), part ``p`` holding the rows of consecutive batches (at most ``MAX_PARTS`` files,
-few enough to keep open however small the batches). The Rust core cuts
-(``_core.Cutter``: a hash lookup of each row's key and a gather per part; several times cheaper
-than a join and a partitioned Parquet sink in Polars, and flat memory whatever the table's
-order). A part read back is put in row order, each row's interactions by time, ties in the
-table's order (``_core.row_time_order``): a batch is a slice of it, and its lists need no sort.
+order, with ``__row`` (the shard row) in place of the key (a batch gathers it back where a task
+reads it) and ``__item`` (the item's position among the items) in place of ``item_id``, part
+``p`` holding the rows of consecutive batches (at most ``MAX_PARTS`` files, few enough to keep
+open however small the batches). The Rust core cuts (``_core.Cutter``: a hash lookup of each
+row's key and item and a gather per part; several times cheaper than a join and a partitioned
+Parquet sink in Polars, and flat memory whatever the table's order). A part read back is put in
+row order, each row's interactions by time, ties in the table's order
+(``_core.row_time_order``): a batch is a slice of it, with ``__row`` the row's position in the
+batch (sorted, so its lists are grouped by runs: no sort, no hashing of keys).
 Each batch reads its own history once for all its tasks and never the whole table: the cost no
 longer grows with shard size x table size, and an unsorted log costs what a sorted one does.
 
@@ -28,13 +30,13 @@ import polars as pl
 import pyarrow as pa
 
 from itdr_batch import _core
+from itdr_batch.prompts.build import ITEM, ROW  # the cutter's names for them too (cut.rs)
 from itdr_batch.run.plan import Plan
 from itdr_batch.tables.schemas import INTERACTIONS
 from itdr_batch.tasks import spec
 
 EXTRACT = "interactions"
 IDENTITY = "_run_id.json"
-ROW = "__row"
 # Parts are cut so that at most this many files are open at once.
 MAX_PARTS = 256
 # Log rows per chunk handed to the cutter (memory: one chunk and its parts' copies).
@@ -60,14 +62,17 @@ class Extract:
 
     def batch(self, batch: int) -> pl.DataFrame:
         """Batch ``batch``'s interactions by row, each row's in time order (empty when none of
-        its rows has any): a slice of its part, the last part read kept, so the tasks of one
-        batch share one read. Builders call it from their threads, one at a time."""
+        its rows has any), ``ROW`` their row's position in the batch (the key only where a task
+        reads it: TUI's rows are items): a slice of its part, the last part read kept, so the
+        tasks of one batch share one read. Builders call it from their threads, one at a time."""
         with self._lock:
             part = self._read_part(batch // self.part_batches)
         first = batch * self.batch_size
         start, end = (part[ROW].search_sorted(r) for r in (first, first + self.batch_size))
         rows = part.slice(start, end - start)
-        return rows.drop(ROW).insert_column(0, self.keys.gather(rows[ROW]))
+        if self.keys.name == "item_id":
+            rows = rows.insert_column(0, self.keys.gather(rows[ROW]))
+        return rows.with_columns((pl.col(ROW) - pl.lit(first, pl.UInt32)).set_sorted())
 
     def _read_part(self, part: int) -> pl.DataFrame:
         """The part in ``(row, time)`` order."""
@@ -99,7 +104,13 @@ def extract(plan: Plan, parts: Path) -> Extract:
         c.name for c in INTERACTIONS.columns if c.name in present and c.name in read
     )
     keys = plan.shard.select(plan.ids.key).collect().to_series()
-    schema = pl.Schema((n, t) for n, t in log.collect_schema().items() if n != plan.ids.key)
+    # Item ids become item positions, looked up in the cut's hash pass (a tenth of a batch's
+    # build time otherwise); not where the rows are items: their key is the item.
+    items = None if plan.ids.key == "item_id" else plan.items["item_id"]
+    replaced = {plan.ids.key, "item_id"}  # by ROW and, with items, ITEM
+    schema = pl.Schema((n, t) for n, t in log.collect_schema().items() if n not in replaced)
+    if items is not None:
+        schema |= {ITEM: pl.UInt32()}
     cut = Extract(out, keys, schema, plan.batch_size)
     identity = {"run_id": plan.run_id}
     stamp = out / IDENTITY
@@ -109,7 +120,7 @@ def extract(plan: Plan, parts: Path) -> Extract:
     for stale in (tmp, out):
         shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir(parents=True)  # first: the folder marks a cut in progress for its whole length
-    cutter = _core.Cutter(keys, plan.ids.key, cut.rows_per_part, tmp)
+    cutter = _core.Cutter(keys, plan.ids.key, items, cut.rows_per_part, tmp)
     for chunk in log.collect_batches(chunk_size=CHUNK_ROWS):
         cutter.push(chunk)
     cutter.finish()

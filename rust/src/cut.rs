@@ -4,10 +4,12 @@
 //! The log streams through once, in chunks. Each row's key is looked up among the shard's keys
 //! (a hash map, built once); a row of shard row `r` goes to part `r / rows_per_part`, with `r`
 //! in an added `__row` column in place of the key (the shard's, a gather away); rows of no shard
-//! row are dropped. Each part is one Arrow IPC
-//! stream file (LZ4), rows in log order, so ties in time still break by the log's order. A
-//! hash lookup and a gather per row: what a join and a partitioned Parquet sink cost in Polars,
-//! several times cheaper, and the same whatever the log's order.
+//! row are dropped. Given the items, each row's `item_id` is looked up the same way and gives
+//! way to `__item`, its item's position (what prompts index by; rows of unknown items are
+//! dropped). Each part is one Arrow IPC stream file (LZ4), rows in log order, so ties in time
+//! still break by the log's order. A hash lookup and a gather per row: what a join and a
+//! partitioned Parquet sink cost in Polars, several times cheaper, and the same whatever the
+//! log's order.
 //!
 //! A part read back is put in row order, each row's interactions by time, by `row_time_order`
 //! (a counting sort by row, then a small stable sort per row): a batch is then a slice, and its
@@ -33,26 +35,35 @@ use rustc_hash::FxHashMap;
 
 /// The added column: the row's position in the shard.
 pub const ROW: &str = "__row";
+/// The column an item id gives way to: the item's position among the items.
+pub const ITEM: &str = "__item";
+/// The log's item column.
+const ITEM_ID: &str = "item_id";
 /// Rows per encoded piece of a part (memory: a chunk's pieces, compressed, before writing).
 const PIECE_ROWS: usize = 1 << 16;
 const NONE: u32 = u32::MAX;
 
-/// Shard keys to their row positions.
-enum Positions {
+/// Ids (shard keys, item ids; `what` names them in errors) to their positions.
+struct Positions {
+    what: &'static str,
+    map: Map,
+}
+
+enum Map {
     Int(FxHashMap<i64, u32>),
     Text(FxHashMap<Box<str>, u32>),
 }
 
 impl Positions {
-    fn new(keys: &dyn Array) -> Result<Self, ArrowError> {
+    fn new(keys: &dyn Array, what: &'static str) -> Result<Self, ArrowError> {
         if keys.null_count() > 0 {
-            return Err(invalid("shard keys hold a null"));
+            return Err(invalid(&format!("{what} hold a null")));
         }
         if keys.len() >= NONE as usize {
-            return Err(invalid("a shard holds at most 2^32 - 1 rows"));
+            return Err(invalid(&format!("at most 2^32 - 1 {what}")));
         }
-        let duplicate = |key: String| invalid(&format!("shard key {key} occurs twice"));
-        Ok(match keys.data_type() {
+        let duplicate = |key: String| invalid(&format!("{what}: {key} occurs twice"));
+        let map = match keys.data_type() {
             DataType::Int64 => {
                 let mut map = FxHashMap::default();
                 for (row, &key) in keys.as_primitive::<Int64Type>().values().iter().enumerate() {
@@ -60,7 +71,7 @@ impl Positions {
                         return Err(duplicate(key.to_string()));
                     }
                 }
-                Positions::Int(map)
+                Map::Int(map)
             }
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
                 let mut map = FxHashMap::default();
@@ -70,28 +81,29 @@ impl Positions {
                         return Err(duplicate(format!("{key:?}")));
                     }
                 }
-                Positions::Text(map)
+                Map::Text(map)
             }
             other => {
                 return Err(invalid(&format!(
-                    "keys must be int64 or string, got {other}"
+                    "{what} must be int64 or string, got {other}"
                 )))
             }
-        })
+        };
+        Ok(Positions { what, map })
     }
 
     fn len(&self) -> usize {
-        match self {
-            Positions::Int(map) => map.len(),
-            Positions::Text(map) => map.len(),
+        match &self.map {
+            Map::Int(map) => map.len(),
+            Map::Text(map) => map.len(),
         }
     }
 
-    /// Each id's shard row, `NONE` for ids of no shard row (and null ids); on every core.
+    /// Each id's position, `NONE` for unknown ids (and null ids); on every core.
     fn rows(&self, ids: &dyn Array) -> Result<Vec<u32>, ArrowError> {
         let valid = |i: usize| ids.is_valid(i);
-        Ok(match (self, ids.data_type()) {
-            (Positions::Int(map), DataType::Int64) => {
+        Ok(match (&self.map, ids.data_type()) {
+            (Map::Int(map), DataType::Int64) => {
                 let values = ids.as_primitive::<Int64Type>().values();
                 (0..values.len())
                     .into_par_iter()
@@ -101,19 +113,20 @@ impl Positions {
                     })
                     .collect()
             }
-            (Positions::Text(map), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) => {
+            (Map::Text(map), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) => {
                 strings(ids)?
                     .into_par_iter()
                     .map(|id| id.and_then(|id| map.get(id).copied()).unwrap_or(NONE))
                     .collect()
             }
-            (_, other) => {
-                let want = match self {
-                    Positions::Int(_) => "int64",
-                    Positions::Text(_) => "string",
+            (map, other) => {
+                let want = match map {
+                    Map::Int(_) => "int64",
+                    Map::Text(_) => "string",
                 };
                 return Err(invalid(&format!(
-                    "the log's keys are {other} but the shard's are {want}"
+                    "the log's {} are {other} but the {} are {want}",
+                    self.what, self.what
                 )));
             }
         })
@@ -138,6 +151,7 @@ fn invalid(message: &str) -> ArrowError {
 pub struct Cutter {
     key: String,
     positions: Positions,
+    items: Option<Positions>,
     rows_per_part: u32,
     dir: PathBuf,
     options: IpcWriteOptions,
@@ -145,22 +159,34 @@ pub struct Cutter {
 }
 
 impl Cutter {
-    /// `keys`: the shard's keys in row order; `key`: the log's key column; part `p` holds
-    /// shard rows `[p * rows_per_part, (p + 1) * rows_per_part)`, in `part_path(dir, p)`.
+    /// `keys`: the shard's keys in row order; `key`: the log's key column; `items`: the item
+    /// ids by position, whose `item_id`s become `ITEM` (not with `item_id` as the key); part
+    /// `p` holds shard rows `[p * rows_per_part, (p + 1) * rows_per_part)`, in
+    /// `part_path(dir, p)`.
     pub fn new(
         keys: &dyn Array,
         key: &str,
+        items: Option<&dyn Array>,
         rows_per_part: u32,
         dir: &Path,
     ) -> Result<Self, ArrowError> {
         if rows_per_part == 0 {
             return Err(invalid("rows_per_part must be at least 1"));
         }
-        let positions = Positions::new(keys)?;
+        if items.is_some() && key == ITEM_ID {
+            return Err(invalid(
+                "items are looked up only when the key is not item_id",
+            ));
+        }
+        let positions = Positions::new(keys, "shard keys")?;
+        let items = items
+            .map(|ids| Positions::new(ids, "item ids"))
+            .transpose()?;
         let parts = positions.len().div_ceil(rows_per_part as usize);
         Ok(Cutter {
             key: key.to_string(),
             positions,
+            items,
             rows_per_part,
             dir: dir.to_path_buf(),
             options: IpcWriteOptions::default()
@@ -169,15 +195,35 @@ impl Cutter {
         })
     }
 
-    /// Cuts one chunk of the log: its rows of shard rows, with `ROW` in place of the key,
-    /// appended to their parts.
+    /// Cuts one chunk of the log: its rows of shard rows, with `ROW` in place of the key
+    /// (and `ITEM` in place of `item_id`), appended to their parts.
     pub fn push(&mut self, chunk: &RecordBatch) -> Result<(), ArrowError> {
-        let key = chunk
-            .schema_ref()
-            .index_of(&self.key)
-            .map_err(|_| invalid(&format!("the log has no {:?} column", self.key)))?;
-        let rows = self.positions.rows(chunk.column(key).as_ref())?;
-        let others: Vec<usize> = (0..chunk.num_columns()).filter(|&c| c != key).collect();
+        let column = |name: &str| {
+            chunk
+                .schema_ref()
+                .index_of(name)
+                .map_err(|_| invalid(&format!("the log has no {name:?} column")))
+        };
+        let key = column(&self.key)?;
+        let mut rows = self.positions.rows(chunk.column(key).as_ref())?;
+        let mut replaced = vec![key];
+        let items = match &self.items {
+            Some(items) => {
+                let item = column(ITEM_ID)?;
+                replaced.push(item);
+                let positions = items.rows(chunk.column(item).as_ref())?;
+                for (row, &position) in rows.iter_mut().zip(&positions) {
+                    if position == NONE {
+                        *row = NONE;
+                    }
+                }
+                Some(positions)
+            }
+            None => None,
+        };
+        let others: Vec<usize> = (0..chunk.num_columns())
+            .filter(|c| !replaced.contains(c))
+            .collect();
         let chunk = &chunk.project(&others)?;
         // Grouped by part in a stable counting sort: the log's order in each part.
         let parts = rows
@@ -193,7 +239,7 @@ impl Cutter {
                     .map(move |r| (p, r))
             })
             .collect();
-        let schema = with_row(chunk.schema_ref());
+        let schema = with_added(chunk.schema_ref(), items.is_some());
         let encoded = pieces
             .into_par_iter()
             .map(|(p, picked)| {
@@ -203,6 +249,10 @@ impl Cutter {
                     .iter()
                     .map(|c| take(c.as_ref(), &indices, None))
                     .collect::<Result<Vec<ArrayRef>, _>>()?;
+                if let Some(items) = &items {
+                    let positions = picked.iter().map(|&i| items[i as usize]);
+                    columns.push(Arc::new(UInt32Array::from_iter_values(positions)));
+                }
                 let shard_rows = picked.iter().map(|&i| rows[i as usize]);
                 columns.push(Arc::new(UInt32Array::from_iter_values(shard_rows)));
                 let piece = RecordBatch::try_new(schema.clone(), columns)?;
@@ -300,8 +350,12 @@ pub fn part_path(dir: &Path, part: usize) -> PathBuf {
     dir.join(format!("part-{part:06}.arrow"))
 }
 
-fn with_row(schema: &SchemaRef) -> SchemaRef {
+/// `schema` with `ITEM` (when items are looked up) and `ROW` added.
+fn with_added(schema: &SchemaRef, items: bool) -> SchemaRef {
     let mut fields: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
+    if items {
+        fields.push(Arc::new(Field::new(ITEM, DataType::UInt32, false)));
+    }
     fields.push(Arc::new(Field::new(ROW, DataType::UInt32, false)));
     Arc::new(Schema::new(fields))
 }
@@ -340,7 +394,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         // Shard rows: 30 -> 0, 10 -> 1, 20 -> 2; two rows per part.
         let keys = Int64Array::from(vec![30, 10, 20]);
-        let mut cutter = Cutter::new(&keys, "user_id", 2, &dir).unwrap();
+        let mut cutter = Cutter::new(&keys, "user_id", None, 2, &dir).unwrap();
         let schema = Arc::new(Schema::new(vec![
             Field::new("user_id", DataType::Int64, false),
             Field::new("item_id", DataType::Int64, false),
@@ -389,6 +443,50 @@ mod tests {
     }
 
     #[test]
+    fn item_ids_give_way_to_their_positions() {
+        let dir = std::env::temp_dir().join(format!("cut-items-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let keys = Int64Array::from(vec![30, 10]);
+        let items = Int64Array::from(vec![5, 2, 4]);
+        let mut cutter = Cutter::new(&keys, "user_id", Some(&items), 2, &dir).unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("user_id", DataType::Int64, false),
+            Field::new("item_id", DataType::Int64, false),
+            Field::new("timestamp", DataType::Int64, false),
+        ]));
+        let chunk = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(vec![10, 30, 10, 99])),
+                Arc::new(Int64Array::from(vec![2, 4, 7, 5])),
+                Arc::new(Int64Array::from(vec![100, 200, 300, 400])),
+            ],
+        )
+        .unwrap();
+        cutter.push(&chunk).unwrap();
+        cutter.finish().unwrap();
+        let part = read(&dir, 0);
+        let names: Vec<String> = part[0]
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(names, vec!["timestamp", ITEM, ROW]);
+        let values = |name| -> Vec<u32> {
+            column::<UInt32Array>(&part, name)
+                .iter()
+                .flat_map(|a| a.values().to_vec())
+                .collect()
+        };
+        // Item 7 is no item and user 99 no shard row: both rows are dropped.
+        assert_eq!(values(ITEM), vec![1, 2]);
+        assert_eq!(values(ROW), vec![1, 0]);
+        assert!(Cutter::new(&items, "item_id", Some(&items), 2, &dir).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn rows_in_row_and_time_order_ties_as_given() {
         let rows = [7, 5, 7, 5, 7, 9];
         let times = [30, 20, 10, 20, 30, 0];
@@ -400,7 +498,7 @@ mod tests {
     #[test]
     fn string_keys_and_errors() {
         let keys = StringArray::from(vec!["a", "b"]);
-        let positions = Positions::new(&keys).unwrap();
+        let positions = Positions::new(&keys, "shard keys").unwrap();
         let ids = StringArray::from(vec![Some("b"), None, Some("c"), Some("a")]);
         assert_eq!(positions.rows(&ids).unwrap(), vec![1, NONE, NONE, 0]);
         let ints = Int64Array::from(vec![1]);
@@ -410,6 +508,6 @@ mod tests {
             .to_string()
             .contains("Int64"));
         let twice = StringArray::from(vec!["a", "a"]);
-        assert!(Positions::new(&twice).is_err());
+        assert!(Positions::new(&twice, "shard keys").is_err());
     }
 }

@@ -442,9 +442,17 @@ struct Cutter {
 #[pymethods]
 impl Cutter {
     #[new]
-    fn new(keys: AnyArray, key: String, rows_per_part: u32, dir: PathBuf) -> PyResult<Self> {
+    #[pyo3(signature = (keys, key, items, rows_per_part, dir))]
+    fn new(
+        keys: AnyArray,
+        key: String,
+        items: Option<AnyArray>,
+        rows_per_part: u32,
+        dir: PathBuf,
+    ) -> PyResult<Self> {
         let keys = single(keys)?;
-        let inner = cut::Cutter::new(keys.as_ref(), &key, rows_per_part, &dir)
+        let items = items.map(single).transpose()?;
+        let inner = cut::Cutter::new(keys.as_ref(), &key, items.as_deref(), rows_per_part, &dir)
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
         Ok(Cutter { inner: Some(inner) })
     }
