@@ -299,25 +299,30 @@ impl Cutter {
 }
 
 /// The permutation putting a part's rows in `(row, time)` order, ties in their given order:
-/// grouped by the (dense) rows in a counting sort, then each row's few entries sorted by
-/// `(time, index)`, rows on every core (an index is unique, so ties keep their order).
+/// grouped by the (dense) rows in a stable counting sort, then each row's few entries sorted
+/// stably by time, rows on every core; a row already in time order (a log kept by time) costs
+/// one look.
 pub fn row_time_order(rows: &[u32], times: &[i64]) -> Vec<u32> {
     assert_eq!(rows.len(), times.len(), "one time per row");
     let (Some(&low), Some(&high)) = (rows.iter().min(), rows.iter().max()) else {
         return Vec::new();
     };
     let keys = rows.iter().map(|&row| Some((row - low) as usize));
-    let (starts, order) = grouped(keys, (high - low) as usize + 1);
-    let mut pairs: Vec<(i64, u32)> = order.iter().map(|&i| (times[i as usize], i)).collect();
+    let (starts, mut order) = grouped(keys, (high - low) as usize + 1);
     let mut segments = Vec::with_capacity(starts.len() - 1);
-    let mut rest = pairs.as_mut_slice();
+    let mut rest = order.as_mut_slice();
     for window in starts.windows(2) {
         let (segment, tail) = rest.split_at_mut(window[1] - window[0]);
         segments.push(segment);
         rest = tail;
     }
-    segments.par_iter_mut().for_each(|s| s.sort_unstable());
-    pairs.into_iter().map(|(_, i)| i).collect()
+    let time = |&i: &u32| times[i as usize];
+    segments.par_iter_mut().for_each(|s| {
+        if !s.is_sorted_by_key(time) {
+            s.sort_by_key(time);
+        }
+    });
+    order
 }
 
 /// A stable counting sort: the positions of `keys` (each below `groups`; `None` leaves a
