@@ -393,6 +393,15 @@ mod tests {
             .collect()
     }
 
+    fn names(batches: &[RecordBatch]) -> Vec<String> {
+        batches[0]
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
+    }
+
     #[test]
     fn rows_go_to_their_part_in_log_order() {
         let dir = std::env::temp_dir().join(format!("cut-test-{}", std::process::id()));
@@ -431,13 +440,7 @@ mod tests {
         assert_eq!(items, vec![2, 4, 5]); // users 10 and 30, in log order; 99 is dropped
         assert_eq!(rows, vec![1, 0, 1]);
         // The key gives way to the shard row.
-        let names: Vec<String> = first[0]
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
-        assert_eq!(names, vec!["item_id", ROW]);
+        assert_eq!(names(&first), vec!["item_id", ROW]);
         let second = read(&dir, 1);
         let items: Vec<i64> = column::<Int64Array>(&second, "item_id")
             .iter()
@@ -471,13 +474,7 @@ mod tests {
         cutter.push(&chunk).unwrap();
         cutter.finish().unwrap();
         let part = read(&dir, 0);
-        let names: Vec<String> = part[0]
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
-        assert_eq!(names, vec!["timestamp", ITEM, ROW]);
+        assert_eq!(names(&part), vec!["timestamp", ITEM, ROW]);
         let values = |name| -> Vec<u32> {
             column::<UInt32Array>(&part, name)
                 .iter()
