@@ -125,8 +125,8 @@ impl Positions {
                     Map::Text(_) => "string",
                 };
                 return Err(invalid(&format!(
-                    "the log's {} are {other} but the {} are {want}",
-                    self.what, self.what
+                    "the log's {} are {other} but those they are looked up among are {want}",
+                    self.what
                 )));
             }
         })
