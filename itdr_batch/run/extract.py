@@ -40,14 +40,15 @@ IDENTITY = "_run_id.json"
 # Parts are cut so that at most this many files are open at once.
 MAX_PARTS = 256
 # Log rows per chunk handed to the cutter (memory: one chunk and its parts' copies). 500k peaked
-# ~50 MiB lower at the 1M-user shard but cut a shuffled log in twice as many pieces: ~1.4x slower.
+# ~50 MiB lower at the 1M-user shard but cut a shuffled log in twice as many pieces: the shuffled
+# log then took 1.4x its sorted twin (1.07x with 1M).
 CHUNK_ROWS = 1_000_000
 
 
 def _part_pool() -> pa.MemoryPool:
     """Where a part read back is decoded: jemalloc where pyarrow has it. With pyarrow's default
-    (mimalloc) the 1M-user shard's batches peaked ~60 MiB higher (freed parts stayed mapped)
-    while the 10k shard's did not: its peak RSS grew with the shard."""
+    (mimalloc) the 1M-user shard peaked 20-60 MiB higher in back-to-back runs, the 10k shard
+    (one batch) ~15 MiB higher."""
     try:
         return pa.jemalloc_memory_pool()
     except NotImplementedError:
