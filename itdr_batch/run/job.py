@@ -33,7 +33,7 @@ from itdr_batch.errors import ItdrError
 from itdr_batch.run.build import Built, build_unit
 from itdr_batch.run.calibration import PRIORS, Priors
 from itdr_batch.run.config import JobConfig
-from itdr_batch.run.extract import extract
+from itdr_batch.run.extract import discard, extract
 from itdr_batch.run.folder import RunFolder
 from itdr_batch.run.manifest import (
     AdapterCounts,
@@ -196,7 +196,9 @@ def _finish(folder: RunFolder, plan: Plan, state: RunState, engine: Engine | Non
     records = {task: folder.records(task, plan.batches) for task in plan.tasks}
     schema = dry_run_schema if plan.dry_run else result_schema
     schemas = {task: schema(task, plan.ids) for task in plan.tasks}
+    removing = discard(folder.parts)
     files = folder.concat(plan.tasks, plan.batches, schemas, rejects_schema(plan.ids))
+    removing.join()
     every = [r for task_records in records.values() for r in task_records]
     folder.write_units(every)
     seconds = sum(r.build_s + r.score_s for r in every)

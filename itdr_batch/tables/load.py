@@ -195,8 +195,9 @@ def validate(
     # that filters on them reach the Parquet scan: a batch then reads only its users' rows.
     changed = {n: e for n, e in casts.items() if n in rescaled or canonical_schema[n] != present[n]}
     table = frame.with_columns(expr.alias(name) for name, expr in changed.items())
-    if dropping:
-        table = table.filter(*(~d.rows for d in dropping))
+    # Only drops that matched rows filter them: a clean log streams to the cut unfiltered.
+    if kept := [~d.rows for d in dropping if drop_counts[d.reason]]:
+        table = table.filter(*kept)
     return Table(source, table, {reason: n for reason, n in drop_counts.items() if n})
 
 
