@@ -189,7 +189,8 @@ def test_job_truth_is_the_rating_of_the_held_out_item(tmp_path: Path) -> None:
     config = load_config(job(tmp_path, interactions, evaluation=True))
     users = write(tmp_path / "users.parquet", pl.DataFrame({"user_id": [1]}))
     plan = make_plan(config, users, dry_run=True)
-    history = extract(plan, tmp_path / "parts").batch(0)
+    with extract(plan, tmp_path / "parts") as cut:
+        history = cut.batch(0)
     built = build_unit(plan, 0, Task.RP, history).prompts
     assert built.select("held_out_item_id", "truth").row(0) == (2, 4.0)
 

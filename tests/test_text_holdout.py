@@ -139,7 +139,8 @@ def truth(folder: Path, task: Task, rows: pl.DataFrame, **prompts: object) -> li
     config = load_config(write_job(folder, task.value, **prompts))
     rows.write_parquet(folder / "rows.parquet")
     plan = make_plan(config, folder / "rows.parquet", dry_run=True)
-    history = extract(plan, folder / "parts").batch(0)
+    with extract(plan, folder / "parts") as cut:
+        history = cut.batch(0)
     return build_unit(plan, 0, task, history).prompts["truth"].to_list()
 
 

