@@ -16,6 +16,7 @@ from helpers import Canonical, WriteJob
 from polars.testing import assert_frame_equal
 
 from itdr_batch.prompts.build import build_prompts
+from itdr_batch.run import extract as extract_module
 from itdr_batch.run.config import load_config
 from itdr_batch.run.extract import EXTRACT, IDENTITY
 from itdr_batch.run.job import run_job
@@ -86,6 +87,22 @@ def test_dry_runs_equal_the_whole_table_prompts(
         for task in TASKS:
             assert_same_prompts(files[task], expected[task])
         assert not (tmp_path / f"out-{size}" / "_parts").exists()
+
+
+def test_parts_of_several_batches_equal_the_whole_table_prompts(
+    write_job: WriteJob, movielens: Canonical, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Few parts for many batches (a big shard in small batches): each batch is a slice of its
+    part, and the next part is read while the last one's batches are built."""
+    monkeypatch.setattr(extract_module, "MAX_PARTS", 3)
+    job = write_job(tmp_path, prompts={"tasks": list(TASKS)})
+    users = spread_users(movielens, tmp_path)
+    expected = {task: whole_table_prompts(job, users, task) for task in TASKS}
+    for size in (1, 4):
+        out = tmp_path / f"out-{size}"
+        files = dry_run(job, users, out, **{"scoring.batch_size": size})
+        for task in TASKS:
+            assert_same_prompts(files[task], expected[task])
 
 
 def test_shards_together_equal_one_run(
