@@ -136,7 +136,7 @@ def extract(plan: Plan, parts: Path) -> Extract:
     """The shard's interactions cut by batch under ``parts``, reused when cut for this run."""
     out = parts / EXTRACT
     # Only the columns the run's tasks read are cut (TKR reads no rating: a fifth less to
-    # gather, compress and read back); a log's other columns stay out.
+    # gather, write and read back); a log's other columns stay out.
     read = {plan.ids.key, "item_id", TIME}
     read |= {c for task in plan.tasks for c in spec(task).interaction_columns}
     present = plan.interactions.collect_schema()
