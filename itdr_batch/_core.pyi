@@ -30,10 +30,10 @@ def row_time_order(rows: Arrow, times: Arrow) -> ChunkedArray:
 @final
 class Cutter:
     """Cuts an interactions log into a shard's parts (see ``itdr_batch.run.extract``): part ``p``
-    (``dir/part-<p:06>.arrow``, an LZ4 Arrow IPC stream) holds the log's rows of shard rows
-    ``[p * rows_per_part, (p + 1) * rows_per_part)`` in log order, ``__row`` in place of the key
-    and, given ``items`` (the item ids by position; not when ``key`` is ``item_id``), ``__item``
-    (the item's position) in place of ``item_id``, rows of unknown items dropped."""
+    (``dir/part-<p:06>.arrow``, an uncompressed Arrow IPC stream) holds the log's rows of shard
+    rows ``[p * rows_per_part, (p + 1) * rows_per_part)`` in log order, ``__row`` in place of the
+    key and, given ``items`` (the item ids by position; not when ``key`` is ``item_id``),
+    ``__item`` (the item's position) in place of ``item_id``, rows of unknown items dropped."""
 
     def __new__(
         cls, keys: Arrow, key: str, items: Arrow | None, rows_per_part: int, dir: Path
