@@ -124,8 +124,10 @@ impl Positions {
                         }
                     });
                 if let Some(nulls) = ids.logical_nulls() {
-                    for i in nulls.iter().enumerate().filter(|(_, v)| !v).map(|(i, _)| i) {
-                        rows[i] = NONE;
+                    for (row, valid) in rows.iter_mut().zip(nulls.iter()) {
+                        if !valid {
+                            *row = NONE;
+                        }
                     }
                 }
                 rows
@@ -320,14 +322,16 @@ impl Cutter {
 /// rows on every core; a row already in time order (a log kept by time) costs one look.
 pub fn row_time_order(rows: &[u32], times: &[i64]) -> Vec<u32> {
     assert_eq!(rows.len(), times.len(), "one time per row");
-    let (Some(&low), Some(&high)) = (rows.iter().min(), rows.iter().max()) else {
+    if rows.is_empty() {
         return Vec::new();
-    };
+    }
     let (starts, mut order) = if rows.is_sorted() {
         let changes = (1..rows.len()).filter(|&i| rows[i] != rows[i - 1]);
         let starts = std::iter::once(0).chain(changes).chain([rows.len()]);
         (starts.collect(), (0..rows.len() as u32).collect())
     } else {
+        let (low, high) = (rows.iter().min(), rows.iter().max());
+        let (&low, &high) = (low.expect("not empty"), high.expect("not empty"));
         let keys = rows.iter().map(|&row| Some((row - low) as usize));
         grouped(keys, (high - low) as usize + 1)
     };
