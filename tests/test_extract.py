@@ -9,16 +9,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
 from helpers import Canonical, WriteJob
 from polars.testing import assert_frame_equal
 
+from itdr_batch import _core
 from itdr_batch.prompts.build import build_prompts
 from itdr_batch.run import extract as extract_module
 from itdr_batch.run.config import load_config
 from itdr_batch.run.extract import EXTRACT, IDENTITY
+from itdr_batch.run.folder import RunFolder
 from itdr_batch.run.job import run_job
 from itdr_batch.run.plan import make_plan
 from itdr_batch.tables.shard import split_users
@@ -103,6 +106,48 @@ def test_parts_of_several_batches_equal_the_whole_table_prompts(
         files = dry_run(job, users, out, **{"scoring.batch_size": size})
         for task in TASKS:
             assert_same_prompts(files[task], expected[task])
+
+
+class Stop(Exception):
+    """Ends a run after some units, as a kill would (their commits stay)."""
+
+
+def test_a_part_goes_once_its_batches_are_committed_and_a_resume_reuses_the_rest(
+    write_job: WriteJob, movielens: Canonical, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """40 users in batches of 4, three parts of four batches: stopped after six batches, the
+    first part is gone and the others are there; the resumed run reads them without cutting
+    again and writes the rows of an uninterrupted run."""
+    monkeypatch.setattr(extract_module, "MAX_PARTS", 3)
+    job = write_job(tmp_path, prompts={"tasks": ["tkr", "rp"]})
+    users = spread_users(movielens, tmp_path)
+    whole = dry_run(job, users, tmp_path / "whole", **{"scoring.batch_size": 4})
+    commit = RunFolder.commit
+    commits = 0
+
+    def stop_after_six_batches(folder: RunFolder, *args: Any) -> None:
+        nonlocal commits
+        if commits == 6 * 2:
+            raise Stop
+        commit(folder, *args)
+        commits += 1
+
+    out = tmp_path / "stopped"
+    with monkeypatch.context() as stopping:
+        stopping.setattr(RunFolder, "commit", stop_after_six_batches)
+        with pytest.raises(Stop):
+            dry_run(job, users, out, **{"scoring.batch_size": 4})
+    cut = out / "_parts" / EXTRACT
+    assert json.loads((cut / IDENTITY).read_text())["parts"] == [0, 1, 2]
+    assert sorted(p.name for p in cut.glob("part-*")) == ["part-000001.arrow", "part-000002.arrow"]
+
+    def no_cutting(*args: object) -> None:
+        raise AssertionError("the resumed run cut the log again")
+
+    monkeypatch.setattr(_core, "Cutter", no_cutting)
+    resumed = dry_run(job, users, out, **{"scoring.batch_size": 4})
+    for task in ("tkr", "rp"):
+        assert_same_prompts(resumed[task], whole[task])
 
 
 def test_shards_together_equal_one_run(

@@ -188,6 +188,8 @@ def _build_and_score(
             building.extend(builder.submit(build, *u) for u in islice(ahead, 1))
             unit = score_unit(plan, scorers, built, priors)
             folder.commit(built.batch, built.task, unit.results, unit.rejects, unit.record)
+            if built.task == plan.tasks[-1]:  # the batch's last unit
+                history.release(built.batch)
             if reporter:
                 record = unit.record
                 reporter.advance(record.rows, record.prompts, record.prompt_tokens)
