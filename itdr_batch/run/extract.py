@@ -25,12 +25,13 @@ the temporary folder, which the next run replaces. A part is removed as soon as 
 batches is committed (``Extract.release``): the cut is written faster than the disk takes it, and
 a part removed before the kernel writes it back never reaches the disk (at 165M interactions the
 cut's writeback slowed the units' commits by ~2 s). A resumed run needs no part of a committed
-batch.
+batch, and cuts again when a batch it does again (its results part lost) needs a removed part.
 """
 
 import json
 import shutil
 import threading
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Self
@@ -124,9 +125,9 @@ class Extract:
         number = batch // self.part_batches
         batches = -(-self.keys.len() // self.batch_size)
         if batch == min((number + 1) * self.part_batches, batches) - 1:
-            self._reader.submit(self._part_path(number).unlink, missing_ok=True)
+            self._reader.submit(self.part_path(number).unlink, missing_ok=True)
 
-    def _part_path(self, part: int) -> Path:
+    def part_path(self, part: int) -> Path:
         return self.path / f"part-{part:06d}.arrow"  # as the cutter names them
 
     def _read(self, part: int) -> Future[pl.DataFrame]:
@@ -138,7 +139,7 @@ class Extract:
         """The part in ``(row, time)`` order, without the time."""
         if part not in self.written:
             return pl.DataFrame(schema=self.schema | {ROW: pl.UInt32})
-        path = self._part_path(part)
+        path = self.part_path(part)
         if not path.is_file():
             # Only a part whose batches are all committed is removed, and it is never read again.
             raise FileNotFoundError(f"{path}: a part of the cut is missing; remove {self.path}")
@@ -152,8 +153,9 @@ class Extract:
         return frame.drop(TIME)[order]
 
 
-def extract(plan: Plan, parts: Path) -> Extract:
-    """The shard's interactions cut by batch under ``parts``, reused when cut for this run."""
+def extract(plan: Plan, parts: Path, batches: Iterable[int] | None = None) -> Extract:
+    """The shard's interactions cut by batch under ``parts`` for ``batches`` (all by default),
+    reused when cut for this run and still holding the parts those batches read."""
     out = parts / EXTRACT
     # Only the columns the run's tasks read are cut (TKR reads no rating: a fifth less to
     # gather, write and read back); a log's other columns stay out.
@@ -176,7 +178,12 @@ def extract(plan: Plan, parts: Path) -> Extract:
     cut_for = json.loads(stamp.read_text()) if stamp.is_file() else {}
     if cut_for.get("run_id") == plan.run_id and "parts" in cut_for:  # older stamps list none
         cut.written = frozenset(cut_for["parts"])
-        return cut
+        batches = range(plan.batches) if batches is None else batches
+        needed = {b // cut.part_batches for b in batches} & cut.written
+        # A part goes once its batches are committed; a unit done again (its results part
+        # lost) needs it back.
+        if all(cut.part_path(p).is_file() for p in needed):
+            return cut
     tmp = parts / f".{EXTRACT}.tmp"
     for stale in (tmp, out):
         shutil.rmtree(stale, ignore_errors=True)

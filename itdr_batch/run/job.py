@@ -174,7 +174,7 @@ def _build_and_score(
     unit of a batch reads the batch's interactions, cut from the table once per run."""
     priors = Priors(folder.parts / PRIORS)
     with (
-        extract(plan, folder.parts) as history,
+        extract(plan, folder.parts, (b for b, _ in pending)) as history,
         ThreadPoolExecutor(max_workers=BUILDERS, thread_name_prefix="prompts") as builder,
     ):
 
