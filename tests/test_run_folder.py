@@ -178,7 +178,7 @@ def test_temporary_files_of_a_killed_writer_are_removed_by_the_next_run(
 ) -> None:
     out = tmp_path / "run"
     leftovers = []
-    for file in (out / "tkr.parquet", out / "_parts" / "rp" / "000001.parquet"):
+    for file in (out / "tkr.parquet", out / "_parts" / "rp" / "000001.arrow"):
         writer = subprocess.Popen(
             [sys.executable, "-c", HALF_WRITE, str(file)], stdout=subprocess.PIPE, text=True
         )
@@ -254,7 +254,7 @@ class FillsDisk:
 
 @pytest.mark.parametrize(
     ("stage", "target", "kept"),
-    [("commit", "_parts/tkr/000001.parquet", 2), ("finish", "tkr.parquet", 6)],
+    [("commit", "_parts/tkr/000001.arrow", 2), ("finish", "tkr.parquet", 6)],
 )
 def test_a_full_disk_stops_in_one_line_keeping_what_is_committed(
     job: Path,
@@ -297,3 +297,21 @@ def test_two_jobs_on_one_nightly_shard_cannot_both_run(
         with disable_run_logger(), pytest.raises(RunFolderError, match=f"pid {holder.pid} "):
             score_shard.fn(str(job), str(shard), str(out), {})
         assert files(out) == before
+
+
+def test_units_whose_parts_an_older_version_wrote_as_parquet_are_done_again(
+    job: Path, movielens: Canonical, dry_reference: Path, tmp_path: Path
+) -> None:
+    """Records beside Parquet parts (the layout before Arrow IPC parts): those units are not
+    committed for this version, so the rerun does them again and writes the same rows."""
+    out = tmp_path / "run"
+    full = FillsDisk("commit", out / "_parts/tkr/000001.arrow")
+    with pytest.raises(RunFolderError):
+        run_job(load_config(job), movielens.users, out, dry_run=True, reporter=full)
+    older = list(out.glob("_parts/*/[0-9]*.arrow"))
+    assert older
+    for part in older:
+        pl.read_ipc(part).write_parquet(part.with_suffix(".parquet"))
+        part.unlink()
+    run_job(load_config(job), movielens.users, out, dry_run=True)
+    check_same_run(out, dry_reference)

@@ -77,8 +77,9 @@ def temporary_files(folder: Path, name: str = "*", *, recursive: bool = False) -
 
 def _disk_full(exc: BaseException) -> int | None:
     """ENOSPC or EDQUOT behind ``exc``: an ``OSError``'s errno, or the Rust I/O error text inside
-    a Polars error (Polars reports a failed write as a ``ComputeError``, without an errno)."""
-    if isinstance(exc, OSError):
+    a Polars error (Polars reports a failed write as a ``ComputeError``, or as an ``OSError``
+    without an errno: its IPC writer)."""
+    if isinstance(exc, OSError) and exc.errno is not None:
         return exc.errno if exc.errno in _DISK_FULL else None
     return next((code for code in _DISK_FULL if f"(os error {code})" in str(exc)), None)
 
@@ -88,12 +89,18 @@ def _disk_full(exc: BaseException) -> int | None:
 CONCAT_ROW_GROUP = 10_000
 
 
+def write_ipc_atomic(frame: pl.DataFrame, path: Path) -> None:
+    """A frame as an uncompressed Arrow IPC file: the cheapest to write and read back once."""
+    write_atomic(path, lambda tmp: frame.write_ipc(tmp, compression="uncompressed"))
+
+
 def concat_parquet_atomic(parts: list[Path], path: Path, empty: pl.DataFrame) -> None:
-    """The parts (same schema) as one file, streamed (memory follows a few row groups, not the
-    total) and compressed on every core; ``empty`` (the schema) when there are none. Row groups
-    are the writer's, not the parts': many small (or empty) parts do not make as many groups."""
+    """The parts (Arrow IPC files, ``write_ipc_atomic``, of one schema) as one Parquet file,
+    streamed (memory follows a few row groups, not the total) and compressed on every core;
+    ``empty`` (the schema) when there are none. Row groups are the writer's, not the parts':
+    many small (or empty) parts do not make as many groups."""
     if not parts:
         write_parquet_atomic(empty, path)
         return
-    scan = pl.scan_parquet(parts)
+    scan = pl.scan_ipc(parts)
     write_atomic(path, lambda tmp: scan.sink_parquet(tmp, row_group_size=CONCAT_ROW_GROUP))
