@@ -6,21 +6,16 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
 import polars as pl
 
 
-def write_parquet_atomic(
-    frame: pl.DataFrame | pl.LazyFrame,
-    path: Path,
-    compression: Literal["zstd", "uncompressed"] = "zstd",
-) -> None:
-    """A frame, or a lazy one streamed (memory bounded by its batches, not its size)."""
+def write_parquet_atomic(frame: pl.DataFrame | pl.LazyFrame, path: Path) -> None:
+    """A frame, or a lazy one streamed (memory bounded by its batches, not its size); zstd."""
     if isinstance(frame, pl.LazyFrame):
-        write_atomic(path, lambda tmp: frame.sink_parquet(tmp, compression=compression))
+        write_atomic(path, frame.sink_parquet)
     else:
-        write_atomic(path, lambda tmp: frame.write_parquet(tmp, compression=compression))
+        write_atomic(path, frame.write_parquet)
 
 
 def write_json_atomic(value: object, path: Path) -> None:
