@@ -531,15 +531,26 @@ def test_bench_job_measures_peak_memory_per_shard_size(
             assert values["interactions_rows"] == own < figures["interactions_rows"]
             assert values["peak_rss_mb"] > 0
             assert values["prompts_per_s"] > 0
-    assert figures["core_prompts_per_s"] > 0
+    # The core is timed before and after the shards; the ratios use the mean.
+    before, after = figures["core_prompts_per_s_runs"]
+    assert before > 0
+    assert after > 0
+    assert figures["core_prompts_per_s"] == pytest.approx((before + after) / 2)
     ratios = figures["ratios"]
     assert set(ratios) == {
         "core_over_job",
         "core_over_job_by_size",
+        "marginal_prompts_per_s",
+        "core_over_marginal",
         "shuffled_over_sorted",
         "rss_ratio_largest_to_smallest",
     }
     assert ratios["core_over_job"] == max(ratios["core_over_job_by_size"].values())
+    # The marginal rate: the 20 users beyond the smallest shard over its extra seconds (on
+    # shards this small the two may take the same time: then there is none).
+    for order, rate in ratios["marginal_prompts_per_s"].items():
+        extra = figures["sizes"]["40"][order]["seconds"] - figures["sizes"]["20"][order]["seconds"]
+        assert rate == pytest.approx(20 / extra)
     # The two logs hold the same rows in another order: the same prompts.
     sorted_run = pl.read_parquet(tmp_path / "work" / "run-sorted-40" / "tkr.parquet")
     shuffled_run = pl.read_parquet(tmp_path / "work" / "run-shuffled-40" / "tkr.parquet")
