@@ -42,10 +42,14 @@ def shuffled(movielens: Canonical, folder: Path) -> Canonical:
     return Canonical(path, movielens.items, movielens.users)
 
 
-def spread_users(movielens: Canonical, folder: Path, n: int = 40) -> Path:
-    """Every 7th user of the log, in descending order: not the log's order, not contiguous."""
+def spread_users(movielens: Canonical, folder: Path, n: int = 40, unknown: int = 0) -> Path:
+    """Every 7th user of the log, in descending order: not the log's order, not contiguous;
+    with ``unknown`` users the log lacks among them (every 5th row)."""
     ids = pl.read_parquet(movielens.interactions, columns=["user_id"])["user_id"].unique().sort()
     users = ids.gather_every(7).head(n).reverse().to_frame()
+    absent = pl.DataFrame({"user_id": [-(1 + u) for u in range(unknown)]})
+    for i, row in enumerate(absent.iter_slices(1)):
+        users = pl.concat([users.head(5 * i + 3), row, users.slice(5 * i + 3)])
     path = folder / "users.parquet"
     users.write_parquet(path)
     return path
@@ -83,12 +87,15 @@ def test_dry_runs_equal_the_whole_table_prompts(
         data={"interactions": str(data.interactions)},
         prompts={"tasks": list(TASKS), "strategy": "popularity"},
     )
-    users = spread_users(movielens, tmp_path)
+    # Batches of users who all have interactions and batches mixing in users who have none.
+    users = spread_users(movielens, tmp_path, unknown=3)
     expected = {task: whole_table_prompts(job, users, task) for task in TASKS}
     for size in (1, 7, 1000):
         files = dry_run(job, users, tmp_path / f"out-{size}", **{"scoring.batch_size": size})
         for task in TASKS:
             assert_same_prompts(files[task], expected[task])
+        unknown = files["rejects"].filter(pl.col("reason") == "unknown_user")
+        assert sorted(unknown["user_id"].unique()) == [-3, -2, -1]
         assert not (tmp_path / f"out-{size}" / "_parts").exists()
 
 
