@@ -64,8 +64,6 @@ batch_size = {batch_size}
 def run(sizes: list[int], batch_size: int, source: Path, workdir: Path) -> dict[str, Any]:
     """Runs the benchmark; returns the figures (the JSON written by the CLI)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    # The inputs are written in a process of their own: on Linux a child's peak RSS starts at its
-    # parent's, so the process that starts the measured runs must stay small.
     rows, shard_rows = _apart(_inputs, sizes, source, workdir)
     core_users = min(max(sizes), CORE_USERS)
     core_before = _apart(_core_rate, max(sizes), core_users, workdir)
