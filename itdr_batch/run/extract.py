@@ -56,19 +56,6 @@ CHUNK_ROWS = 1_000_000
 TIME = "timestamp"
 
 
-def _part_pool() -> pa.MemoryPool:
-    """Where a part read back is decoded: jemalloc where pyarrow has it. With pyarrow's default
-    (mimalloc) the 1M-user shard peaked 20-60 MiB higher in back-to-back runs, the 10k shard
-    (one batch) ~15 MiB higher."""
-    try:
-        return pa.jemalloc_memory_pool()
-    except NotImplementedError:
-        return pa.default_memory_pool()
-
-
-_POOL = _part_pool()
-
-
 class Extract:
     """The cut interactions of a run; ``batch(b)`` reads batch b's, once in a row. A context
     manager: its reader thread ends with the block."""
@@ -148,9 +135,12 @@ class Extract:
             # Only a part whose batches are all committed is removed, and it is never read again.
             raise FileNotFoundError(f"{path}: a part of the cut is missing; remove {self.path}")
         # pyarrow, then one chunk: Polars' reader took ~15% longer, and a gather over many
-        # batches is several times slower.
-        with pa.ipc.open_stream(path, memory_pool=_POOL) as stream:
-            frame = pl.from_arrow(stream.read_all().combine_chunks(_POOL))
+        # batches is several times slower. pyarrow's default pool (mimalloc) reuses the pages
+        # of the parts read before: its jemalloc pool returned them, and faulting 2.6 GB of
+        # fresh pages back in cost the 1M-user shard ~2.5 s of kernel time (RSS +0-20 MiB,
+        # under the cut's peak).
+        with pa.ipc.open_stream(path) as stream:
+            frame = pl.from_arrow(stream.read_all().combine_chunks())
         assert isinstance(frame, pl.DataFrame)
         order = pl.Series(_core.row_time_order(frame[ROW], frame[TIME]))
         # Time has given the order and no task reads it again: a third less to gather and hold.
