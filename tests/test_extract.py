@@ -44,7 +44,7 @@ def shuffled(movielens: Canonical, folder: Path) -> Canonical:
 
 def spread_users(movielens: Canonical, folder: Path, n: int = 40, unknown: int = 0) -> Path:
     """Every 7th user of the log, in descending order: not the log's order, not contiguous;
-    with ``unknown`` users the log lacks among them (every 5th row)."""
+    with ``unknown`` users the log lacks among them (rows 3, 8, 13, ...)."""
     ids = pl.read_parquet(movielens.interactions, columns=["user_id"])["user_id"].unique().sort()
     users = ids.gather_every(7).head(n).reverse().to_frame()
     absent = pl.DataFrame({"user_id": [-(1 + u) for u in range(unknown)]})

@@ -137,7 +137,7 @@ class Extract:
         # pyarrow, then one chunk: Polars' reader took ~15% longer, and a gather over many
         # batches is several times slower. pyarrow's default pool (mimalloc) reuses the pages
         # of the parts read before: its jemalloc pool returned them, and faulting 2.6 GB of
-        # fresh pages back in cost the 1M-user shard ~2.5 s of kernel time (RSS +0-20 MiB,
+        # fresh pages back in cost the 1M-user shard ~2.3 s of kernel time (RSS +0-20 MiB,
         # under the cut's peak).
         with pa.ipc.open_stream(path) as stream:
             frame = pl.from_arrow(stream.read_all().combine_chunks())
