@@ -184,15 +184,16 @@ def bench_job(
     console.print(table)
     ratios, goals = figures["ratios"], figures["goals"]
     before, after = figures["core_prompts_per_s_runs"]
-    marginal = ratios["core_over_marginal"]
+    per_size = ", ".join(
+        f"{int(n):,}: {r:.1f}x" for n, r in ratios["core_over_job_by_size"].items()
+    )
+    if ratios["core_over_marginal"] is not None:
+        per_size += f", marginal {ratios['core_over_marginal']:.1f}x"
     console.print(
         f"Rust core: {figures['core_prompts_per_s']:,.0f} prompts/s "
         f"({figures['core_users']:,} users; {before:,.0f} before the shards, {after:,.0f} after); "
         f"core / slowest job {ratios['core_over_job']:.1f}x (goal <= "
-        f"{goals['core_over_job_max']:g}), per size "
-        + ", ".join(f"{int(n):,}: {r:.1f}x" for n, r in ratios["core_over_job_by_size"].items())
-        + ("" if marginal is None else f", marginal {marginal:.1f}x")
-        + "; shuffled / "
+        f"{goals['core_over_job_max']:g}), per size {per_size}; shuffled / "
         f"sorted {ratios['shuffled_over_sorted']:.2f}x (goal <= "
         f"{goals['shuffled_over_sorted_max']:g}); peak RSS largest / smallest shard "
         f"{ratios['rss_ratio_largest_to_smallest']:.2f}x (goal <= {goals['rss_ratio_max']:g})",
