@@ -2,7 +2,7 @@
 //! `itdr_batch/run/extract.py`).
 //!
 //! The log streams through once, in chunks. Each row's key is looked up among the shard's keys
-//! (a hash map, built once); a row of shard row `r` goes to part `r / rows_per_part`, with `r`
+//! (a hash table, built once: `positions.rs`); a row of shard row `r` goes to part `r / rows_per_part`, with `r`
 //! in an added `__row` column in place of the key (the shard's, a gather away); rows of no shard
 //! row are dropped. Given the items, each row's `item_id` is looked up the same way and gives
 //! way to `__item`, its item's position (what prompts index by; rows of unknown items are
@@ -21,8 +21,6 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::cast::AsArray;
-use arrow_array::types::Int64Type;
 use arrow_array::{Array, ArrayRef, RecordBatch, UInt32Array};
 use arrow_ipc::writer::{
     write_message, DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions,
@@ -31,7 +29,8 @@ use arrow_ipc::writer::{
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use arrow_select::take::take;
 use rayon::prelude::*;
-use rustc_hash::FxHashMap;
+
+use crate::positions::{invalid, Positions, NONE};
 
 /// The added column: the row's position in the shard.
 pub const ROW: &str = "__row";
@@ -41,130 +40,6 @@ pub const ITEM: &str = "__item";
 const ITEM_ID: &str = "item_id";
 /// Rows per encoded piece of a part (memory: a chunk's pieces, encoded, before writing).
 const PIECE_ROWS: usize = 1 << 16;
-const NONE: u32 = u32::MAX;
-/// Ids looked up per task on a core.
-const LOOKUP_ROWS: usize = 1 << 14;
-
-/// Ids (shard keys, item ids; `what` names them in errors) to their positions.
-struct Positions {
-    what: &'static str,
-    map: Map,
-}
-
-enum Map {
-    Int(FxHashMap<i64, u32>),
-    Text(FxHashMap<Box<str>, u32>),
-}
-
-impl Positions {
-    fn new(keys: &dyn Array, what: &'static str) -> Result<Self, ArrowError> {
-        if keys.null_count() > 0 {
-            return Err(invalid(&format!("{what} hold a null")));
-        }
-        if keys.len() >= NONE as usize {
-            return Err(invalid(&format!("at most 2^32 - 1 {what}")));
-        }
-        let duplicate = |key: String| invalid(&format!("{what}: {key} occurs twice"));
-        let map = match keys.data_type() {
-            DataType::Int64 => {
-                let mut map = FxHashMap::default();
-                for (row, &key) in keys.as_primitive::<Int64Type>().values().iter().enumerate() {
-                    if map.insert(key, row as u32).is_some() {
-                        return Err(duplicate(key.to_string()));
-                    }
-                }
-                Map::Int(map)
-            }
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
-                let mut map = FxHashMap::default();
-                for (row, key) in strings(keys)?.into_iter().enumerate() {
-                    let key = key.expect("no nulls");
-                    if map.insert(Box::from(key), row as u32).is_some() {
-                        return Err(duplicate(format!("{key:?}")));
-                    }
-                }
-                Map::Text(map)
-            }
-            other => {
-                return Err(invalid(&format!(
-                    "{what} must be int64 or string, got {other}"
-                )))
-            }
-        };
-        Ok(Positions { what, map })
-    }
-
-    fn len(&self) -> usize {
-        match &self.map {
-            Map::Int(map) => map.len(),
-            Map::Text(map) => map.len(),
-        }
-    }
-
-    /// Each id's position, `NONE` for unknown ids (and null ids); on every core.
-    fn rows(&self, ids: &dyn Array) -> Result<Vec<u32>, ArrowError> {
-        Ok(match (&self.map, ids.data_type()) {
-            (Map::Int(map), DataType::Int64) => {
-                let values = ids.as_primitive::<Int64Type>().values();
-                let mut rows = vec![NONE; values.len()];
-                rows.par_chunks_mut(LOOKUP_ROWS)
-                    .zip(values.par_chunks(LOOKUP_ROWS))
-                    .for_each(|(rows, values)| {
-                        // A log grouped by key repeats each key: its last position is reused.
-                        let mut last: Option<(i64, u32)> = None;
-                        for (row, &id) in rows.iter_mut().zip(values) {
-                            *row = match last {
-                                Some((key, position)) if key == id => position,
-                                _ => {
-                                    let position = map.get(&id).copied().unwrap_or(NONE);
-                                    last = Some((id, position));
-                                    position
-                                }
-                            };
-                        }
-                    });
-                if let Some(nulls) = ids.logical_nulls() {
-                    for (row, valid) in rows.iter_mut().zip(nulls.iter()) {
-                        if !valid {
-                            *row = NONE;
-                        }
-                    }
-                }
-                rows
-            }
-            (Map::Text(map), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) => {
-                strings(ids)?
-                    .into_par_iter()
-                    .map(|id| id.and_then(|id| map.get(id).copied()).unwrap_or(NONE))
-                    .collect()
-            }
-            (map, other) => {
-                let want = match map {
-                    Map::Int(_) => "int64",
-                    Map::Text(_) => "string",
-                };
-                return Err(invalid(&format!(
-                    "the log's {} are {other} but those they are looked up among are {want}",
-                    self.what
-                )));
-            }
-        })
-    }
-}
-
-/// The values of a string array of any offset width or view layout.
-fn strings(array: &dyn Array) -> Result<Vec<Option<&str>>, ArrowError> {
-    Ok(match array.data_type() {
-        DataType::Utf8 => array.as_string::<i32>().iter().collect(),
-        DataType::LargeUtf8 => array.as_string::<i64>().iter().collect(),
-        DataType::Utf8View => array.as_string_view().iter().collect(),
-        other => return Err(invalid(&format!("not a string array: {other}"))),
-    })
-}
-
-fn invalid(message: &str) -> ArrowError {
-    ArrowError::InvalidArgumentError(message.to_string())
-}
 
 /// Writes a log's rows into one IPC stream file per part of a shard's rows.
 pub struct Cutter {
@@ -418,7 +293,7 @@ fn with_added(schema: &SchemaRef, items: bool) -> SchemaRef {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_array::{Int64Array, StringArray};
+    use arrow_array::Int64Array;
     use arrow_ipc::reader::StreamReader;
 
     fn read(dir: &Path, part: usize) -> Vec<RecordBatch> {
@@ -553,39 +428,5 @@ mod tests {
         let rows = [5, 5, 7, 7, 7, 9];
         let times = [20, 20, 30, 10, 30, 0];
         assert_eq!(row_time_order(&rows, &times), vec![0, 1, 3, 2, 4, 5]);
-    }
-
-    #[test]
-    fn repeated_and_null_keys() {
-        let keys = Int64Array::from(vec![30, 10]);
-        let positions = Positions::new(&keys, "shard keys").unwrap();
-        // Runs of one key (a sorted log) and a null inside a run.
-        let ids = Int64Array::from(vec![Some(10), Some(10), None, Some(10), Some(30), Some(99)]);
-        let want = vec![1, 1, NONE, 1, 0, NONE];
-        assert_eq!(positions.rows(&ids).unwrap(), want);
-        let long: Vec<i64> = (0..3 * LOOKUP_ROWS as i64)
-            .map(|i| [10, 30][(i / 7 % 2) as usize])
-            .collect();
-        let rows = positions.rows(&Int64Array::from(long.clone())).unwrap();
-        assert!(rows
-            .iter()
-            .zip(&long)
-            .all(|(&r, &k)| r == if k == 10 { 1 } else { 0 }));
-    }
-
-    #[test]
-    fn string_keys_and_errors() {
-        let keys = StringArray::from(vec!["a", "b"]);
-        let positions = Positions::new(&keys, "shard keys").unwrap();
-        let ids = StringArray::from(vec![Some("b"), None, Some("c"), Some("a")]);
-        assert_eq!(positions.rows(&ids).unwrap(), vec![1, NONE, NONE, 0]);
-        let ints = Int64Array::from(vec![1]);
-        assert!(positions
-            .rows(&ints)
-            .unwrap_err()
-            .to_string()
-            .contains("Int64"));
-        let twice = StringArray::from(vec!["a", "a"]);
-        assert!(Positions::new(&twice, "shard keys").is_err());
     }
 }

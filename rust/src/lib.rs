@@ -3,6 +3,7 @@
 
 mod cut;
 mod ids;
+mod positions;
 mod prompts;
 mod render;
 mod rng;
