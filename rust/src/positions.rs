@@ -125,9 +125,9 @@ pub fn invalid(message: &str) -> ArrowError {
 }
 
 /// Int64 ids to their positions (each below `NONE`): linear probing in a power-of-two table at
-/// most half full, a slot chosen by the high bits of the id times a 64-bit odd constant
-/// (Fibonacci hashing, which spreads runs and strides of ids: sequential ids, ids of a few
-/// bits above a stride).
+/// most three quarters full (the size `FxHashMap` takes for as many ids, 16 bytes a slot), a
+/// slot chosen by the high bits of the id times a 64-bit odd constant (Fibonacci hashing, which
+/// spreads runs and strides of ids: sequential ids, ids of a few bits above a stride).
 struct IdTable {
     slots: Vec<Slot>,
     /// 64 minus the table's log2 size: `hash >> shift` is a slot.
@@ -149,7 +149,10 @@ const AHEAD: usize = 16;
 impl IdTable {
     /// The table of `ids` (position = index); `Err(id)` for an id that occurs twice.
     fn new(ids: &[i64]) -> Result<Self, i64> {
-        let bits = (2 * ids.len()).next_power_of_two().max(16).trailing_zeros();
+        let bits = (ids.len() + ids.len() / 3 + 1)
+            .next_power_of_two()
+            .max(16)
+            .trailing_zeros();
         let empty = Slot {
             id: 0,
             position: NONE,
