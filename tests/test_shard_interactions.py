@@ -2,6 +2,8 @@
 counts give a run the rows of a run over the whole table, popularity sampling included."""
 
 import json
+import logging
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from typer.testing import CliRunner
 from itdr_batch.cli import app
 from itdr_batch.prompts.build import popularity_counts
 from itdr_batch.run import load_config, run_job
+from itdr_batch.tables.checked import STAMP
 from itdr_batch.tables.ids import stable_hash
 from itdr_batch.tables.load import load_interactions, load_items
 from itdr_batch.tables.shard import ITEM_COUNTS, split
@@ -107,6 +110,73 @@ def test_shard_command_splits_the_interactions_and_counts_the_whole_log(
     for ours, theirs in zip(sorted(out.iterdir()), sorted(shards.iterdir()), strict=True):
         assert ours.name == theirs.name
         assert ours.read_bytes() == theirs.read_bytes()
+
+
+SKIPPED = "not checked again"
+
+
+def checked_run(
+    job: Path, users: Path, log: Path, out: Path, caplog: pytest.LogCaptureFixture, **data: str
+) -> tuple[pl.DataFrame, bool]:
+    """A dry run's TKR rows on ``log``, and whether it read the log without checking its rows."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="itdr_batch.run.plan"):
+        dry_run(job, users, out, {"data.interactions": str(log)} | data)
+    return rows(out, "tkr"), SKIPPED in caplog.text
+
+
+def test_a_shards_run_reads_its_split_log_without_checking_its_rows_again(
+    shards: Path,
+    movielens: Canonical,
+    write_job: WriteJob,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stamp = json.loads((shards / STAMP).read_text())
+    logs = shard_files(shards, "interactions")
+    assert sorted(stamp["files"]) == [log.name for log in logs]
+    job = write_job(tmp_path, prompts=POPULARITY)
+    users, log = shard_files(shards, "shard")[0], logs[0]
+    stamped, skipped = checked_run(job, users, log, tmp_path / "stamped", caplog)
+    assert skipped
+    # The same file without the stamp is checked, and gives the same rows.
+    (tmp_path / "plain").mkdir()
+    plain = tmp_path / "plain" / log.name
+    shutil.copy(log, plain)
+    checked, skipped = checked_run(job, users, plain, tmp_path / "checked", caplog)
+    assert not skipped
+    assert_frame_equal(checked, stamped)
+
+
+def test_a_changed_log_or_other_items_are_checked_in_full(
+    shards: Path,
+    movielens: Canonical,
+    write_job: WriteJob,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    job = write_job(tmp_path)
+    users, log = shard_files(shards, "shard")[0], shard_files(shards, "interactions")[0]
+    folder = tmp_path / "changed"
+    folder.mkdir()
+    shutil.copy(shards / STAMP, folder / STAMP)
+    frame = pl.read_parquet(log)
+    unknown = frame.head(1).with_columns(item_id=pl.lit(-1, frame.schema["item_id"]))
+    changed = folder / log.name
+    pl.concat([frame, unknown]).write_parquet(changed)
+    _, skipped = checked_run(job, users, changed, tmp_path / "run-changed", caplog)
+    assert not skipped
+    assert "1 rows point at item_ids not in" in caplog.text
+    # The stamp's log, but items other than those it was checked against.
+    items = tmp_path / "items.parquet"
+    catalogue = pl.read_parquet(movielens.items)
+    pl.concat(
+        [catalogue, catalogue.head(1).with_columns(item_id=pl.lit(-2, catalogue.schema["item_id"]))]
+    ).write_parquet(items)
+    _, skipped = checked_run(
+        job, users, log, tmp_path / "run-items", caplog, **{"data.items": str(items)}
+    )
+    assert not skipped
 
 
 def test_interactions_need_their_items(movielens: Canonical, tmp_path: Path) -> None:

@@ -5,8 +5,9 @@ copy ``r`` becomes ``r * 1_000_000 + u``) in two row orders, each written in tha
 explicitly: ``sorted`` (copy after copy, each by user: every user's rows together) and
 ``shuffled`` (the original rows shuffled, each followed by its copies: every user's rows spread
 over the whole file). The shard of N users is the first N users; it runs, as the nightly flow
-runs a shard, on its own interactions (the log's rows of its users, in the log's order: what
-``itdr-batch shard --interactions`` writes) and the whole log's item counts. Each shard runs
+runs a shard, on its own interactions (the log's rows of its users, in the log's order, written
+from the validated log with the stamp that says so: what ``itdr-batch shard --interactions``
+writes) and the whole log's item counts. Each shard runs
 ``itdr-batch score --dry-run`` (the real job: prompts instead of scores) in a process of its own,
 whose peak RSS comes from ``os.wait4``, on each log. In the same run, the Rust core renders the
 largest shard's prompts (up to ``CORE_USERS``) from their prepared lists, before the shards run
@@ -34,6 +35,8 @@ from itdr_batch import _core
 from itdr_batch.datasets import read_movielens
 from itdr_batch.prompts.build import prepare
 from itdr_batch.run.config import load_config
+from itdr_batch.tables.checked import is_checked, sha256, write_stamp
+from itdr_batch.tables.load import load_interactions, load_items
 from itdr_batch.tables.shard import item_counts
 from itdr_batch.tables.sink import write_parquet_atomic
 from itdr_batch.tasks import Task
@@ -117,17 +120,22 @@ def _inputs(sizes: list[int], source: Path, workdir: Path) -> tuple[int, dict[in
     rows = _replicated(source, max(sizes), workdir)
     users = pl.scan_parquet(workdir / "sorted.parquet").select("user_id").unique()
     ordered = users.sort("user_id").collect(engine="streaming")
+    items = workdir / "items.parquet"
     shard_rows: dict[int, dict[str, int]] = {}
+    written = []
     for size in sizes:
         ordered.head(size).write_parquet(_users(workdir, size))
         shard_rows[size] = {}
         for order in ORDERS:
             path = _shard_log(workdir, order, size)
-            if not path.is_file():
+            if not (path.is_file() and is_checked(path, sha256(path), sha256(items))):
+                # As ``itdr-batch shard`` writes a shard's own log: from the validated log.
                 mine = pl.col("user_id").is_in(ordered.head(size)["user_id"].implode())
-                whole = pl.scan_parquet(workdir / f"{order}.parquet")
-                write_parquet_atomic(whole.filter(mine), path)
+                whole = load_interactions(workdir / f"{order}.parquet", load_items(items))
+                write_parquet_atomic(whole.frame.filter(mine), path)
+                written.append(path)
             shard_rows[size][order] = pl.scan_parquet(path).select(pl.len()).collect().item()
+    write_stamp(written, items)
     return rows, shard_rows
 
 

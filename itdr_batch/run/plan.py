@@ -25,7 +25,15 @@ from itdr_batch.prompts.chat import check_tokenizer
 from itdr_batch.prompts.templates import DOMAINS
 from itdr_batch.run.config import DEFAULT_DOMAIN, JobConfig
 from itdr_batch.run.manifest import AdapterEntry, FileIdentity, ModelEntry
-from itdr_batch.tables.load import load_interactions, load_item_shard, load_items, load_users
+from itdr_batch.tables.checked import STAMP, is_checked, stamp_path
+from itdr_batch.tables.load import (
+    Table,
+    load_checked_interactions,
+    load_interactions,
+    load_item_shard,
+    load_items,
+    load_users,
+)
 from itdr_batch.tables.shard import load_item_counts
 from itdr_batch.tasks import Task, spec
 
@@ -119,7 +127,7 @@ def make_plan(config: JobConfig, users: Path, dry_run: bool) -> Plan:
         files["item_counts"] = config.data.item_counts
     identities = _identities(files)
     items = load_items(config.data.items)
-    interactions = load_interactions(config.data.interactions, items)
+    interactions = _load_log(config.data.interactions, items, identities)
     items_frame = items.frame.collect()
     # The resolved domain is part of the configuration from here on (prompts, run id, manifest):
     # a job that omits it gets the run id it had when "movie" was the default, on movie data.
@@ -218,6 +226,18 @@ def _spelling(value: str) -> str | None:
         if candidate in DOMAINS:
             return candidate
     return DOMAIN_ALIASES.get(name)
+
+
+def _load_log(path: Path, items: Table, identities: Future[dict[str, FileIdentity]]) -> Table:
+    """The interactions, their rows checked unless ``itdr-batch shard`` checked them against
+    these items (``tables.checked``), which takes their hashes first (the run's id needs them
+    anyway)."""
+    if path.is_file() and stamp_path(path).is_file():
+        inputs = identities.result()
+        if is_checked(path, inputs["interactions"].sha256, inputs["items"].sha256):
+            log.info("%s: rows checked when split (%s); not checked again", path, STAMP)
+            return load_checked_interactions(path, items)
+    return load_interactions(path, items)
 
 
 def _identities(files: dict[str, Path]) -> Future[dict[str, FileIdentity]]:

@@ -306,6 +306,21 @@ def load_interactions(path: str | Path, items: Table) -> Table:
     return scan(path, INTERACTIONS, drops)
 
 
+def load_checked_interactions(path: str | Path, items: Table) -> Table:
+    """Interactions whose rows were checked when they were written (``tables.checked``): their
+    columns and dtypes are checked, their rows not read again. A file not in canonical dtypes
+    (which such a file always is) is checked in full."""
+    source = str(path)
+    frame = pl.scan_parquet(path)
+    present = frame.collect_schema()
+    casts, _, _ = _rules(INTERACTIONS, present, source)
+    canonical = frame.select(e.alias(n) for n, e in casts.items()).collect_schema()
+    if any(canonical[name] != present[name] for name in casts):
+        return load_interactions(path, items)
+    _check_same_ids(canonical, "item_id", items, source)
+    return Table(source, frame)
+
+
 def load_users(path: str | Path, items: Table, interactions: Table | None = None) -> Table:
     """Loads a users shard; an empty shard is valid. Its ``user_id`` must have the dtype of the
     ``interactions``' (when given): ids keep one type end to end."""

@@ -6,7 +6,9 @@ Rows keep their input order inside a shard.
 
 The interactions split the same way, so a shard's run reads only its own users' log. Popularity
 weights count the whole log, so its ``item_counts`` are written beside the shards
-(``item_counts.parquet``), and a run reads them (``data.item_counts``) instead of counting.
+(``item_counts.parquet``), and a run reads them (``data.item_counts``) instead of counting. The
+split's interactions are written from the validated log, and ``_checked.json`` beside them says
+so (``tables.checked``): a shard's run does not check their rows again.
 """
 
 import os
@@ -17,6 +19,7 @@ from pathlib import Path
 import polars as pl
 
 from itdr_batch.errors import ItdrError
+from itdr_batch.tables.checked import write_stamp
 from itdr_batch.tables.ids import stable_hash
 from itdr_batch.tables.load import (
     Problem,
@@ -70,6 +73,8 @@ def split(users: Path, interactions: Path, items: Path, shards: int, out: Path) 
     rows = load_users(users, catalogue, log)
     user_paths = _write_users(rows.frame, shards, out)
     paths = _write_interactions(log, shards, out)
+    # Their rows are checked: each shard's run reads them without checking them again.
+    write_stamp(paths, items)
     # Sorted: the file's bytes are part of each shard run's id, so a rerun must write the same.
     counts = item_counts(pl.scan_parquet(paths).select("item_id")).sort("item_id")
     write_parquet_atomic(counts, out / ITEM_COUNTS)
