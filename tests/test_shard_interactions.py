@@ -126,11 +126,7 @@ def checked_run(
 
 
 def test_a_shards_run_reads_its_split_log_without_checking_its_rows_again(
-    shards: Path,
-    movielens: Canonical,
-    write_job: WriteJob,
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
+    shards: Path, write_job: WriteJob, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     stamp = json.loads((shards / STAMP).read_text())
     logs = shard_files(shards, "interactions")
