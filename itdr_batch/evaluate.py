@@ -30,7 +30,7 @@ from sklearn.metrics import (
 )
 
 from itdr_batch.errors import ItdrError
-from itdr_batch.hashing import files_digest
+from itdr_batch.hashing import file_digest
 from itdr_batch.intervals import Values, intervals, paired, ranking_values, rating_values
 from itdr_batch.position_bias import position_bias
 from itdr_batch.reliability import probability_calibration, rating_tables
@@ -267,7 +267,7 @@ def _verify(path: Path, sha256: str, what: str, fix: str) -> None:
         raise EvaluationError(
             f"the baselines need the run's {what}, {path}, which is missing; {fix}"
         )
-    found = files_digest([path], names=False)
+    found = file_digest(path)
     if found != sha256:
         raise EvaluationError(
             f"{path} is not the run's {what} (sha256 {found[:12]}, the run read "

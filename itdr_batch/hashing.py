@@ -10,6 +10,11 @@ def file_sha256(path: Path) -> bytes:
         return hashlib.file_digest(f, "sha256").digest()
 
 
+def file_digest(path: Path) -> str:
+    """One file's identity, as a run's manifest records it (``inputs.<name>.sha256``)."""
+    return files_digest([path], names=False)
+
+
 def files_digest(paths: Iterable[Path], *, names: bool = True) -> str:
     """sha256 over each file's sha256, preceded by its file name when ``names``.
 

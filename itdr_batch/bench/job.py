@@ -33,9 +33,10 @@ import polars as pl
 
 from itdr_batch import _core
 from itdr_batch.datasets import read_movielens
+from itdr_batch.hashing import file_digest
 from itdr_batch.prompts.build import prepare
 from itdr_batch.run.config import load_config
-from itdr_batch.tables.checked import is_checked, sha256, write_stamp
+from itdr_batch.tables.checked import is_checked, write_stamp
 from itdr_batch.tables.load import load_interactions, load_items
 from itdr_batch.tables.shard import item_counts
 from itdr_batch.tables.sink import write_parquet_atomic
@@ -121,6 +122,9 @@ def _inputs(sizes: list[int], source: Path, workdir: Path) -> tuple[int, dict[in
     users = pl.scan_parquet(workdir / "sorted.parquet").select("user_id").unique()
     ordered = users.sort("user_id").collect(engine="streaming")
     items = workdir / "items.parquet"
+    items_sha256 = file_digest(items)
+    # Each order's whole log, validated once, for the shard logs written again.
+    validated: dict[str, pl.LazyFrame] = {}
     shard_rows: dict[int, dict[str, int]] = {}
     written = []
     for size in sizes:
@@ -128,11 +132,13 @@ def _inputs(sizes: list[int], source: Path, workdir: Path) -> tuple[int, dict[in
         shard_rows[size] = {}
         for order in ORDERS:
             path = _shard_log(workdir, order, size)
-            if not (path.is_file() and is_checked(path, sha256(path), sha256(items))):
+            if not (path.is_file() and is_checked(path, file_digest(path), items_sha256)):
                 # As ``itdr-batch shard`` writes a shard's own log: from the validated log.
+                if order not in validated:
+                    log = load_interactions(workdir / f"{order}.parquet", load_items(items))
+                    validated[order] = log.frame
                 mine = pl.col("user_id").is_in(ordered.head(size)["user_id"].implode())
-                whole = load_interactions(workdir / f"{order}.parquet", load_items(items))
-                write_parquet_atomic(whole.frame.filter(mine), path)
+                write_parquet_atomic(validated[order].filter(mine), path)
                 written.append(path)
             shard_rows[size][order] = pl.scan_parquet(path).select(pl.len()).collect().item()
     write_stamp(written, items)

@@ -19,7 +19,7 @@ import polars as pl
 
 from itdr_batch.engines import Adapter, load_model, load_tokenizer
 from itdr_batch.engines.adapters import model_identity
-from itdr_batch.hashing import files_digest
+from itdr_batch.hashing import file_digest
 from itdr_batch.prompts.build import build_prompts, missing_fields, popularity_counts
 from itdr_batch.prompts.chat import check_tokenizer
 from itdr_batch.prompts.templates import DOMAINS
@@ -261,5 +261,5 @@ def _file_identity(path: Path) -> FileIdentity:
     return FileIdentity(
         path=str(path.resolve()),
         bytes=path.stat().st_size,
-        sha256=files_digest([path], names=False),
+        sha256=file_digest(path),
     )

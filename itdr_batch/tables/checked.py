@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from itdr_batch.hashing import files_digest
+from itdr_batch.hashing import file_digest
 from itdr_batch.tables.sink import write_json_atomic
 
 STAMP = "_checked.json"
@@ -41,12 +41,12 @@ def write_stamp(logs: Sequence[Path], items: Path) -> None:
         return
     folder = {log.parent for log in logs}
     assert len(folder) == 1, "the logs of one stamp share a folder"
-    items_sha256 = sha256(items)
+    items_sha256 = file_digest(items)
     stamp = _read(stamp_path(logs[0]))
     files = {}
     if stamp and stamp.version == _version() and stamp.items_sha256 == items_sha256:
         files = stamp.files
-    files |= {log.name: sha256(log) for log in logs}
+    files |= {log.name: file_digest(log) for log in logs}
     new = Stamp(version=_version(), items_sha256=items_sha256, files=files)
     write_json_atomic(new.model_dump(), stamp_path(logs[0]))
 
@@ -61,11 +61,6 @@ def is_checked(log: Path, log_sha256: str, items_sha256: str) -> bool:
         and stamp.items_sha256 == items_sha256
         and stamp.files.get(log.name) == log_sha256
     )
-
-
-def sha256(path: Path) -> str:
-    """A file's sha256, as a run's manifest records it (``inputs.<name>.sha256``)."""
-    return files_digest([path], names=False)
 
 
 def _read(path: Path) -> Stamp | None:
