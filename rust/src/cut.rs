@@ -19,13 +19,14 @@
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
-use arrow_array::{Array, ArrayRef, RecordBatch, UInt32Array};
-use arrow_ipc::writer::{
-    write_message, DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions,
-    StreamWriter,
-};
+use arrow_array::{make_array, Array, ArrayRef, RecordBatch, UInt32Array};
+use arrow_buffer::{ArrowNativeType, Buffer, MutableBuffer, ScalarBuffer};
+use arrow_data::ArrayData;
+use arrow_ipc::writer::{IpcWriteOptions, StreamWriter};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use arrow_select::take::take;
 use rayon::prelude::*;
@@ -38,8 +39,8 @@ pub const ROW: &str = "__row";
 pub const ITEM: &str = "__item";
 /// The log's item column.
 const ITEM_ID: &str = "item_id";
-/// Rows per encoded piece of a part (memory: a chunk's pieces, encoded, before writing).
-const PIECE_ROWS: usize = 1 << 16;
+/// Values gathered per task on a core.
+const GATHER_ROWS: usize = 1 << 16;
 
 /// Writes a log's rows into one IPC stream file per part of a shard's rows.
 pub struct Cutter {
@@ -47,9 +48,164 @@ pub struct Cutter {
     positions: Positions,
     items: Option<Positions>,
     rows_per_part: u32,
+    parts: usize,
+    scratch: Scratch,
+    writer: Writer,
+}
+
+/// What one push leaves to the next: the chunk's lookups and their grouping by part (the
+/// columns' memory comes back from the writer). Each push's own (tens of MB a chunk) was, in
+/// about half the runs, handed back to the OS by glibc's malloc and faulted in again by the next
+/// push: a 1M-user shard's cut then took ~600k page faults and 1.5-2.5 s more.
+#[derive(Default)]
+struct Scratch {
+    rows: Vec<u32>,
+    items: Vec<u32>,
+    starts: Vec<usize>,
+    order: Vec<u32>,
+}
+
+/// A chunk's rows in part order: part `p`'s are rows `starts[p]..starts[p + 1]` of `columns`.
+struct Gathered {
+    schema: SchemaRef,
+    columns: Vec<ArrayRef>,
+    starts: Vec<usize>,
+}
+
+/// The thread that writes the parts' files while the next chunk's rows are looked up and
+/// grouped: copying a chunk into the page cache took a quarter of the cut's CPU (~2.8 s at a
+/// 1M-user shard's 2.6 GB), on the thread that cuts. The next chunk is gathered into the
+/// columns' memory once it is written and given back: one chunk's columns at a time (a second
+/// set, gathered meanwhile, held ~40 MiB more at the 1M-user shard).
+struct Writer {
+    chunks: Option<SyncSender<Gathered>>,
+    // In a mutex only for the Python class, which must be `Sync`: one thread pushes at a time.
+    returns: Mutex<Returns>,
+    thread: Option<JoinHandle<Result<(), ArrowError>>>,
+}
+
+/// The columns handed to the writer and not yet given back (`None`: memory another array
+/// still holds, freed).
+struct Returns {
+    receiver: Receiver<Option<MutableBuffer>>,
+    lent: usize,
+}
+
+impl Writer {
+    fn start(dir: &Path, parts: usize) -> Result<Self, ArrowError> {
+        let (chunks, pending) = sync_channel::<Gathered>(0);
+        let (give_back, receiver) = channel();
+        let mut files = PartFiles {
+            dir: dir.to_path_buf(),
+            options: IpcWriteOptions::default(),
+            writers: (0..parts).map(|_| None).collect(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("cut-writer".into())
+            .spawn(move || {
+                for chunk in pending {
+                    files.write(&chunk)?;
+                    for column in chunk.columns {
+                        // A cutter that failed takes none back: the memory is freed.
+                        let _ = give_back.send(reclaim(column));
+                    }
+                }
+                files.finish()
+            })?;
+        let returns = Mutex::new(Returns { receiver, lent: 0 });
+        Ok(Writer {
+            chunks: Some(chunks),
+            returns,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands `chunk` over; the error that stopped the writer, if it stopped.
+    fn write(&mut self, chunk: Gathered) -> Result<(), ArrowError> {
+        self.returns().lent += chunk.columns.len();
+        match self.chunks.as_ref().map(|chunks| chunks.send(chunk)) {
+            Some(Ok(())) => Ok(()),
+            _ => Err(self
+                .finish()
+                .err()
+                .unwrap_or_else(|| invalid("the part writer has stopped"))),
+        }
+    }
+
+    /// The memory of the chunk handed over last, once it is written.
+    fn written(&self) -> Vec<MutableBuffer> {
+        let mut returns = self.returns();
+        let mut buffers = Vec::with_capacity(returns.lent);
+        while returns.lent > 0 {
+            match returns.receiver.recv() {
+                Ok(buffer) => buffers.extend(buffer),
+                Err(_) => break, // the writer stopped: `write` says so next
+            }
+            returns.lent -= 1;
+        }
+        returns.lent = 0;
+        buffers
+    }
+
+    fn returns(&self) -> std::sync::MutexGuard<'_, Returns> {
+        self.returns
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits for every chunk handed over to be written and the files ended; once.
+    fn finish(&mut self) -> Result<(), ArrowError> {
+        drop(self.chunks.take());
+        match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err(invalid("the part writer panicked"))),
+            None => Err(invalid("the part writer has stopped")),
+        }
+    }
+}
+
+/// The parts' files, each an IPC stream created on its first rows.
+struct PartFiles {
     dir: PathBuf,
     options: IpcWriteOptions,
     writers: Vec<Option<StreamWriter<BufWriter<File>>>>,
+}
+
+impl PartFiles {
+    /// Each part's rows of `chunk` appended to its file (arrow copies the columns' slices).
+    fn write(&mut self, chunk: &Gathered) -> Result<(), ArrowError> {
+        for (p, bounds) in chunk.starts.windows(2).enumerate() {
+            let (start, end) = (bounds[0], bounds[1]);
+            if start == end {
+                continue;
+            }
+            let slices = chunk.columns.iter().map(|c| c.slice(start, end - start));
+            let piece = RecordBatch::try_new(chunk.schema.clone(), slices.collect())?;
+            if self.writers[p].is_none() {
+                let file = BufWriter::new(File::create(part_path(&self.dir, p))?);
+                let writer =
+                    StreamWriter::try_new_with_options(file, &chunk.schema, self.options.clone())?;
+                self.writers[p] = Some(writer);
+            }
+            self.writers[p]
+                .as_mut()
+                .expect("created above")
+                .write(&piece)?;
+        }
+        Ok(())
+    }
+
+    /// Ends every part's stream; parts no row went to have no file.
+    fn finish(self) -> Result<(), ArrowError> {
+        for writer in self.writers.into_iter().flatten() {
+            writer
+                .into_inner()?
+                .into_inner()
+                .map_err(|e| e.into_error())?;
+        }
+        Ok(())
+    }
 }
 
 impl Cutter {
@@ -82,14 +238,16 @@ impl Cutter {
             positions,
             items,
             rows_per_part,
-            dir: dir.to_path_buf(),
-            options: IpcWriteOptions::default(),
-            writers: (0..parts).map(|_| None).collect(),
+            parts,
+            scratch: Scratch::default(),
+            writer: Writer::start(dir, parts)?,
         })
     }
 
     /// Cuts one chunk of the log: its rows of shard rows, with `ROW` in place of the key
-    /// (and `ITEM` in place of `item_id`), appended to their parts.
+    /// (and `ITEM` in place of `item_id`), appended to their parts (by the writer, while the
+    /// next chunk is looked up: an error of the writer's comes from the next push, or
+    /// `finish`). After an error the cutter takes no more chunks.
     pub fn push(&mut self, chunk: &RecordBatch) -> Result<(), ArrowError> {
         let column = |name: &str| {
             chunk
@@ -98,96 +256,56 @@ impl Cutter {
                 .map_err(|_| invalid(&format!("the log has no {name:?} column")))
         };
         let key = column(&self.key)?;
-        let mut rows = self.positions.rows(chunk.column(key).as_ref())?;
+        let s = &mut self.scratch;
+        self.positions
+            .rows(chunk.column(key).as_ref(), &mut s.rows)?;
         let mut replaced = vec![key];
-        let items = match &self.items {
-            Some(items) => {
-                let item = column(ITEM_ID)?;
-                replaced.push(item);
-                let positions = items.rows(chunk.column(item).as_ref())?;
-                for (row, &position) in rows.iter_mut().zip(&positions) {
-                    if position == NONE {
-                        *row = NONE;
-                    }
+        if let Some(items) = &self.items {
+            let item = column(ITEM_ID)?;
+            replaced.push(item);
+            items.rows(chunk.column(item).as_ref(), &mut s.items)?;
+            for (row, &position) in s.rows.iter_mut().zip(&s.items) {
+                if position == NONE {
+                    *row = NONE;
                 }
-                Some(positions)
             }
-            None => None,
-        };
+        }
         let others: Vec<usize> = (0..chunk.num_columns())
             .filter(|c| !replaced.contains(c))
             .collect();
         let chunk = &chunk.project(&others)?;
         // Grouped by part in a stable counting sort: the log's order in each part.
-        let parts = rows
+        let by_part = s
+            .rows
             .iter()
             .map(|&row| (row != NONE).then(|| (row / self.rows_per_part) as usize));
-        let (starts, order) = grouped(parts, self.writers.len());
-        // Each part's rows in pieces, gathered and encoded on every core (a log sorted by user
-        // sends a whole chunk to one part), then written in order.
-        let pieces: Vec<(usize, &[u32])> = (0..self.writers.len())
-            .flat_map(|p| {
-                order[starts[p]..starts[p + 1]]
-                    .chunks(PIECE_ROWS)
-                    .map(move |r| (p, r))
-            })
-            .collect();
-        let schema = with_added(chunk.schema_ref(), items.is_some());
-        let encoded = pieces
-            .into_par_iter()
-            .map(|(p, picked)| {
-                let indices = UInt32Array::from(picked.to_vec());
-                let mut columns = chunk
-                    .columns()
-                    .iter()
-                    .map(|c| take(c.as_ref(), &indices, None))
-                    .collect::<Result<Vec<ArrayRef>, _>>()?;
-                if let Some(items) = &items {
-                    let positions = picked.iter().map(|&i| items[i as usize]);
-                    columns.push(Arc::new(UInt32Array::from_iter_values(positions)));
-                }
-                let shard_rows = picked.iter().map(|&i| rows[i as usize]);
-                columns.push(Arc::new(UInt32Array::from_iter_values(shard_rows)));
-                let piece = RecordBatch::try_new(schema.clone(), columns)?;
-                let (dictionaries, message) = IpcDataGenerator::default().encode(
-                    &piece,
-                    &mut DictionaryTracker::new(false),
-                    &self.options,
-                    &mut IpcWriteContext::default(),
-                )?;
-                if !dictionaries.is_empty() {
-                    return Err(invalid("the log has dictionary-encoded columns"));
-                }
-                Ok((p, message))
-            })
-            .collect::<Result<Vec<_>, ArrowError>>()?;
-        for (p, message) in encoded {
-            self.open(p, &schema)?;
-            let writer = self.writers[p].as_mut().expect("opened above");
-            write_message(writer.get_mut(), message, &self.options)?;
+        grouped(by_part, self.parts, &mut s.starts, &mut s.order);
+        // Every column in part order at once, each part then a slice of them.
+        let mut spare = self.writer.written();
+        let mut columns = Vec::with_capacity(chunk.num_columns() + 2);
+        for values in chunk.columns() {
+            columns.push(gather(values.as_ref(), &s.order, spare.pop())?);
         }
-        Ok(())
+        if self.items.is_some() {
+            columns.push(gather_u32(&s.items, &s.order, spare.pop()));
+        }
+        columns.push(gather_u32(&s.rows, &s.order, spare.pop()));
+        let gathered = Gathered {
+            schema: with_added(chunk.schema_ref(), self.items.is_some()),
+            columns,
+            starts: s.starts.clone(),
+        };
+        self.writer.write(gathered)
     }
 
-    /// Ends every part's stream; parts no row went to have no file.
-    pub fn finish(self) -> Result<(), ArrowError> {
-        for writer in self.writers.into_iter().flatten() {
-            writer
-                .into_inner()?
-                .into_inner()
-                .map_err(|e| e.into_error())?;
-        }
-        Ok(())
-    }
-
-    /// Creates part `part`'s file (its stream's schema) on its first rows.
-    fn open(&mut self, part: usize, schema: &SchemaRef) -> Result<(), ArrowError> {
-        if self.writers[part].is_none() {
-            let file = BufWriter::new(File::create(part_path(&self.dir, part))?);
-            let writer = StreamWriter::try_new_with_options(file, schema, self.options.clone())?;
-            self.writers[part] = Some(writer);
-        }
-        Ok(())
+    /// Ends every part's stream once the writer has written every chunk (or gives the error
+    /// that stopped it); parts no row went to have no file. The cut's memory then goes back to
+    /// the OS.
+    pub fn finish(mut self) -> Result<(), ArrowError> {
+        let written = self.writer.finish();
+        drop((self.positions, self.items, self.scratch));
+        release_free_memory();
+        written
     }
 }
 
@@ -208,7 +326,9 @@ pub fn row_time_order(rows: &[u32], times: &[i64]) -> Vec<u32> {
         let (low, high) = (rows.iter().min(), rows.iter().max());
         let (&low, &high) = (low.expect("not empty"), high.expect("not empty"));
         let keys = rows.iter().map(|&row| Some((row - low) as usize));
-        grouped(keys, (high - low) as usize + 1)
+        let (mut starts, mut order) = (Vec::new(), Vec::new());
+        grouped(keys, (high - low) as usize + 1, &mut starts, &mut order);
+        (starts, order)
     };
     let mut segments = Vec::with_capacity(starts.len() - 1);
     let mut rest = order.as_mut_slice();
@@ -251,13 +371,16 @@ fn by_time(entries: &mut [u32], times: &[i64], keys: &mut Vec<u64>) {
 }
 
 /// A stable counting sort: the positions of `keys` (each below `groups`; `None` leaves a
-/// position out) grouped by key, in input order within a group, and each group's start
-/// (`starts[g]..starts[g + 1]`).
+/// position out) grouped by key into `order`, in input order within a group, and each group's
+/// start into `starts` (`starts[g]..starts[g + 1]`); both vectors' memory is reused.
 fn grouped(
     keys: impl Iterator<Item = Option<usize>> + Clone,
     groups: usize,
-) -> (Vec<usize>, Vec<u32>) {
-    let mut starts = vec![0usize; groups + 1];
+    starts: &mut Vec<usize>,
+    order: &mut Vec<u32>,
+) {
+    starts.clear();
+    starts.resize(groups + 1, 0);
     for g in keys.clone().flatten() {
         starts[g + 1] += 1;
     }
@@ -265,14 +388,90 @@ fn grouped(
         starts[g] += starts[g - 1];
     }
     let mut next = starts.clone();
-    let mut order = vec![0u32; starts[groups]];
+    order.clear();
+    order.resize(starts[groups], 0);
     for (i, key) in keys.enumerate() {
         if let Some(g) = key {
             order[next[g]] = i as u32;
             next[g] += 1;
         }
     }
-    (starts, order)
+}
+
+/// `values` taken at `order`: fixed-width values without nulls into `buffer` (memory a push
+/// before used, when there is some), on every core; others by arrow's `take`.
+fn gather(
+    values: &dyn Array,
+    order: &[u32],
+    buffer: Option<MutableBuffer>,
+) -> Result<ArrayRef, ArrowError> {
+    let data = values.to_data();
+    let buffer = buffer.unwrap_or_default();
+    let gathered = match data.data_type().primitive_width() {
+        _ if data.nulls().is_some() => None,
+        Some(1) => Some(gather_native(data.buffer::<i8>(0), order, buffer)),
+        Some(2) => Some(gather_native(data.buffer::<i16>(0), order, buffer)),
+        Some(4) => Some(gather_native(data.buffer::<i32>(0), order, buffer)),
+        Some(8) => Some(gather_native(data.buffer::<i64>(0), order, buffer)),
+        Some(16) => Some(gather_native(data.buffer::<i128>(0), order, buffer)),
+        _ => None,
+    };
+    match gathered {
+        Some(buffer) => {
+            let data = ArrayData::builder(data.data_type().clone())
+                .len(order.len())
+                .add_buffer(buffer)
+                .build()?;
+            Ok(make_array(data))
+        }
+        None => take(values, &UInt32Array::from(order.to_vec()), None),
+    }
+}
+
+/// `values` taken at `order`, a `UInt32Array`, into `buffer`'s memory.
+fn gather_u32(values: &[u32], order: &[u32], buffer: Option<MutableBuffer>) -> ArrayRef {
+    let buffer = gather_native(values, order, buffer.unwrap_or_default());
+    Arc::new(UInt32Array::new(
+        ScalarBuffer::new(buffer, 0, order.len()),
+        None,
+    ))
+}
+
+fn gather_native<T: ArrowNativeType>(
+    values: &[T],
+    order: &[u32],
+    mut out: MutableBuffer,
+) -> Buffer {
+    out.clear();
+    out.resize(order.len() * std::mem::size_of::<T>(), 0);
+    out.typed_data_mut::<T>()
+        .par_chunks_mut(GATHER_ROWS)
+        .zip(order.par_chunks(GATHER_ROWS))
+        .for_each(|(out, order)| {
+            for (value, &i) in out.iter_mut().zip(order) {
+                *value = values[i as usize];
+            }
+        });
+    out.into()
+}
+
+/// A gathered column's memory, to reuse, once its pieces are written and nothing else holds it.
+fn reclaim(column: ArrayRef) -> Option<MutableBuffer> {
+    let buffer = column.to_data().buffers().first()?.clone();
+    drop(column);
+    buffer.into_mutable().ok()
+}
+
+/// Hands what malloc holds free back to the OS. glibc's malloc keeps much of what a cut frees
+/// (its lookups and buffers) in its arenas, unused by what follows (Polars and pyarrow allocate
+/// on their own) and under its peak: at a 1M-user shard the process held 15-20 MiB less after
+/// the cut (`RssAnon` 200-211 MiB instead of 214-231).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only gives free memory of malloc's arenas back to the OS.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// The file of part `part` under `dir`.
@@ -293,7 +492,9 @@ fn with_added(schema: &SchemaRef, items: bool) -> SchemaRef {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_array::Int64Array;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::UInt32Type;
+    use arrow_array::{Float64Array, Int16Array, Int64Array, StringArray};
     use arrow_ipc::reader::StreamReader;
 
     fn read(dir: &Path, part: usize) -> Vec<RecordBatch> {
@@ -411,6 +612,62 @@ mod tests {
         assert_eq!(values(ROW), vec![1, 0]);
         assert!(Cutter::new(&items, "item_id", Some(&items), 2, &dir).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_writers_error_comes_from_the_next_push_or_finish() {
+        let dir = std::env::temp_dir().join(format!("cut-gone-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let keys = Int64Array::from(vec![10, 20]);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("user_id", DataType::Int64, false),
+            Field::new("item_id", DataType::Int64, false),
+        ]));
+        let chunk = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(vec![10, 20])),
+                Arc::new(Int64Array::from(vec![1, 2])),
+            ],
+        )
+        .unwrap();
+        let gone = |error: ArrowError| error.to_string().contains("No such file");
+        // The parts' folder is removed: the writer cannot create a part.
+        let mut cutter = Cutter::new(&keys, "user_id", None, 1, &dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        cutter.push(&chunk).unwrap(); // handed over; written meanwhile
+        assert!(gone(cutter.push(&chunk).unwrap_err()));
+        assert!(cutter.push(&chunk).is_err());
+        let mut cutter = Cutter::new(&keys, "user_id", None, 1, &dir).unwrap();
+        cutter.push(&chunk).unwrap();
+        assert!(gone(cutter.finish().unwrap_err()));
+    }
+
+    #[test]
+    fn gathering_reuses_memory_and_equals_take() {
+        let order = [3u32, 0, 3, 1];
+        let indices = UInt32Array::from(order.to_vec());
+        let sliced = Int64Array::from(vec![9, 1, 2, 3, 4]).slice(1, 4);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(sliced),
+            Arc::new(Float64Array::from(vec![0.5, 1.5, 2.5, 3.5])),
+            Arc::new(Int16Array::from(vec![-1, 2, -3, 4])),
+            Arc::new(Int64Array::from(vec![Some(1), None, Some(3), None])),
+            Arc::new(StringArray::from(vec!["a", "bb", "", "d"])),
+        ];
+        // A buffer a longer column left: its memory is reused, its contents never read.
+        let mut spare = gather(columns[0].as_ref(), &[0; 64], None)
+            .ok()
+            .and_then(reclaim);
+        assert!(spare.is_some());
+        for column in &columns {
+            let got = gather(column.as_ref(), &order, spare.take()).unwrap();
+            let want = take(column.as_ref(), &indices, None).unwrap();
+            assert_eq!(got.to_data(), want.to_data(), "{}", column.data_type());
+            spare = reclaim(got);
+        }
+        let rows = gather_u32(&[7, 8, 9, 10], &order, spare);
+        assert_eq!(rows.as_primitive::<UInt32Type>().values(), &[10, 7, 10, 8]);
     }
 
     #[test]

@@ -72,12 +72,14 @@ impl Positions {
         }
     }
 
-    /// Each id's position, `NONE` for unknown ids (and null ids); on every core.
-    pub fn rows(&self, ids: &dyn Array) -> Result<Vec<u32>, ArrowError> {
-        Ok(match (&self.map, ids.data_type()) {
+    /// Each id's position into `rows` (its memory reused), `NONE` for unknown ids (and null
+    /// ids); on every core.
+    pub fn rows(&self, ids: &dyn Array, rows: &mut Vec<u32>) -> Result<(), ArrowError> {
+        rows.clear();
+        match (&self.map, ids.data_type()) {
             (Map::Int(table), DataType::Int64) => {
                 let values = ids.as_primitive::<Int64Type>().values();
-                let mut rows = vec![NONE; values.len()];
+                rows.resize(values.len(), NONE);
                 rows.par_chunks_mut(LOOKUP_ROWS)
                     .zip(values.par_chunks(LOOKUP_ROWS))
                     .for_each(|(rows, values)| table.get_all(values, rows));
@@ -88,13 +90,13 @@ impl Positions {
                         }
                     }
                 }
-                rows
             }
             (Map::Text(map), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) => {
-                strings(ids)?
-                    .into_par_iter()
-                    .map(|id| id.and_then(|id| map.get(id).copied()).unwrap_or(NONE))
-                    .collect()
+                rows.par_extend(
+                    strings(ids)?
+                        .into_par_iter()
+                        .map(|id| id.and_then(|id| map.get(id).copied()).unwrap_or(NONE)),
+                );
             }
             (map, other) => {
                 let want = match map {
@@ -106,7 +108,8 @@ impl Positions {
                     self.what
                 )));
             }
-        })
+        }
+        Ok(())
     }
 }
 
@@ -236,6 +239,12 @@ mod tests {
     use super::*;
     use arrow_array::{Int64Array, StringArray};
 
+    fn rows(positions: &Positions, ids: &dyn Array) -> Result<Vec<u32>, ArrowError> {
+        // Memory left from an earlier lookup is reused, never read.
+        let mut rows = vec![7; 3];
+        positions.rows(ids, &mut rows).map(|()| rows)
+    }
+
     #[test]
     fn repeated_and_null_keys() {
         let keys = Int64Array::from(vec![30, 10]);
@@ -243,11 +252,11 @@ mod tests {
         // Runs of one key (a sorted log) and a null inside a run.
         let ids = Int64Array::from(vec![Some(10), Some(10), None, Some(10), Some(30), Some(99)]);
         let want = vec![1, 1, NONE, 1, 0, NONE];
-        assert_eq!(positions.rows(&ids).unwrap(), want);
+        assert_eq!(rows(&positions, &ids).unwrap(), want);
         let long: Vec<i64> = (0..3 * LOOKUP_ROWS as i64)
             .map(|i| [10, 30][(i / 7 % 2) as usize])
             .collect();
-        let rows = positions.rows(&Int64Array::from(long.clone())).unwrap();
+        let rows = rows(&positions, &Int64Array::from(long.clone())).unwrap();
         assert!(rows
             .iter()
             .zip(&long)
@@ -259,10 +268,9 @@ mod tests {
         let keys = StringArray::from(vec!["a", "b"]);
         let positions = Positions::new(&keys, "shard keys").unwrap();
         let ids = StringArray::from(vec![Some("b"), None, Some("c"), Some("a")]);
-        assert_eq!(positions.rows(&ids).unwrap(), vec![1, NONE, NONE, 0]);
+        assert_eq!(rows(&positions, &ids).unwrap(), vec![1, NONE, NONE, 0]);
         let ints = Int64Array::from(vec![1]);
-        assert!(positions
-            .rows(&ints)
+        assert!(rows(&positions, &ints)
             .unwrap_err()
             .to_string()
             .contains("Int64"));
