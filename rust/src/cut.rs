@@ -26,7 +26,7 @@ use std::thread::JoinHandle;
 use arrow_array::{make_array, Array, ArrayRef, RecordBatch, UInt32Array};
 use arrow_buffer::{ArrowNativeType, Buffer, MutableBuffer, ScalarBuffer};
 use arrow_data::ArrayData;
-use arrow_ipc::writer::{IpcWriteOptions, StreamWriter};
+use arrow_ipc::writer::StreamWriter;
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use arrow_select::take::take;
 use rayon::prelude::*;
@@ -97,7 +97,6 @@ impl Writer {
         let (give_back, receiver) = channel();
         let mut files = PartFiles {
             dir: dir.to_path_buf(),
-            options: IpcWriteOptions::default(),
             writers: (0..parts).map(|_| None).collect(),
         };
         let thread = std::thread::Builder::new()
@@ -168,7 +167,6 @@ impl Writer {
 /// The parts' files, each an IPC stream created on its first rows.
 struct PartFiles {
     dir: PathBuf,
-    options: IpcWriteOptions,
     writers: Vec<Option<StreamWriter<BufWriter<File>>>>,
 }
 
@@ -184,8 +182,7 @@ impl PartFiles {
             let piece = RecordBatch::try_new(chunk.schema.clone(), slices.collect())?;
             if self.writers[p].is_none() {
                 let file = BufWriter::new(File::create(part_path(&self.dir, p))?);
-                let writer =
-                    StreamWriter::try_new_with_options(file, &chunk.schema, self.options.clone())?;
+                let writer = StreamWriter::try_new(file, &chunk.schema)?;
                 self.writers[p] = Some(writer);
             }
             self.writers[p]
