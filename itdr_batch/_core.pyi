@@ -23,9 +23,10 @@ def build_prompts(job: PromptJob) -> Table:
     ``item_titles`` is given, ``candidate_titles``.
     """
 
-def row_time_order(rows: Arrow, times: Arrow) -> ChunkedArray:
-    """The permutation (uint32) putting a part's rows in ``(row, time)`` order, ties as given:
-    a counting sort on the rows, then each row's entries sorted stably by time."""
+def row_time_order(rows: Arrow, times: Arrow) -> Table:
+    """A part's rows in ``(row, time)`` order, ties as given: a table of ``order`` (the
+    permutation, uint32) and ``__row`` (the rows in that order): a counting sort on the rows,
+    then each row's entries sorted stably by time."""
 
 @final
 class Cutter:

@@ -12,9 +12,7 @@
 //! partitioned Parquet sink cost in Polars, several times cheaper, and the same whatever the
 //! log's order.
 //!
-//! A part read back is put in row order, each row's interactions by time, by `row_time_order`
-//! (a counting sort by row, then a small stable sort per row): a batch is then a slice, and its
-//! lists need no sort.
+//! A part read back is put in row order, each row's interactions by time (`part_order.rs`).
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -276,7 +274,9 @@ impl Cutter {
             .rows
             .iter()
             .map(|&row| (row != NONE).then(|| (row / self.rows_per_part) as usize));
-        grouped(by_part, self.parts, &mut s.starts, &mut s.order);
+        grouped(by_part, self.parts, &mut s.starts, &mut s.order, |i| {
+            i as u32
+        });
         // Every column in part order at once, each part then a slice of them.
         let mut spare = self.writer.written();
         let mut columns = Vec::with_capacity(chunk.num_columns() + 2);
@@ -306,75 +306,15 @@ impl Cutter {
     }
 }
 
-/// The permutation putting a part's rows in `(row, time)` order, ties in their given order:
-/// grouped by the (dense) rows in a stable counting sort (rows already grouped in order, from a
-/// log sorted by key, are kept as they are), then each row's few entries sorted stably by time,
-/// rows on every core; a row already in time order (a log kept by time) costs one look.
-pub fn row_time_order(rows: &[u32], times: &[i64]) -> Vec<u32> {
-    assert_eq!(rows.len(), times.len(), "one time per row");
-    if rows.is_empty() {
-        return Vec::new();
-    }
-    let (starts, mut order) = if rows.is_sorted() {
-        let changes = (1..rows.len()).filter(|&i| rows[i] != rows[i - 1]);
-        let starts = std::iter::once(0).chain(changes).chain([rows.len()]);
-        (starts.collect(), (0..rows.len() as u32).collect())
-    } else {
-        let (low, high) = (rows.iter().min(), rows.iter().max());
-        let (&low, &high) = (low.expect("not empty"), high.expect("not empty"));
-        let keys = rows.iter().map(|&row| Some((row - low) as usize));
-        let (mut starts, mut order) = (Vec::new(), Vec::new());
-        grouped(keys, (high - low) as usize + 1, &mut starts, &mut order);
-        (starts, order)
-    };
-    let mut segments = Vec::with_capacity(starts.len() - 1);
-    let mut rest = order.as_mut_slice();
-    for window in starts.windows(2) {
-        let (segment, tail) = rest.split_at_mut(window[1] - window[0]);
-        segments.push(segment);
-        rest = tail;
-    }
-    segments
-        .par_iter_mut()
-        .for_each_init(Vec::new, |keys, s| by_time(s, times, keys));
-    order
-}
-
-/// Sorts one row's entries (positions into `times`) stably by time: as `u64` keys, the time
-/// since the row's first in the high half and the position in the low (unique, so ties keep
-/// their order), which sort ~40% faster than looking each time up; by lookup when the row's
-/// times span 2^32 or more. `keys` is scratch space.
-fn by_time(entries: &mut [u32], times: &[i64], keys: &mut Vec<u64>) {
-    let time = |&i: &u32| times[i as usize];
-    if entries.is_sorted_by_key(time) {
-        return;
-    }
-    let (low, high) = entries
-        .iter()
-        .map(time)
-        .fold((i64::MAX, i64::MIN), |(l, h), t| (l.min(t), h.max(t)));
-    match u32::try_from(high.abs_diff(low)) {
-        Ok(_) => {
-            keys.clear();
-            let key = |&i: &u32| (time(&i).abs_diff(low) << 32) | u64::from(i);
-            keys.extend(entries.iter().map(key));
-            keys.sort_unstable();
-            for (entry, key) in entries.iter_mut().zip(keys.iter()) {
-                *entry = *key as u32;
-            }
-        }
-        Err(_) => entries.sort_by_key(time),
-    }
-}
-
-/// A stable counting sort: the positions of `keys` (each below `groups`; `None` leaves a
-/// position out) grouped by key into `order`, in input order within a group, and each group's
-/// start into `starts` (`starts[g]..starts[g + 1]`); both vectors' memory is reused.
-fn grouped(
+/// A stable counting sort: `value(i)` of each position `i` of `keys` (each below `groups`;
+/// `None` leaves a position out) grouped by key into `out`, in input order within a group, and
+/// each group's start into `starts` (`starts[g]..starts[g + 1]`); both vectors' memory is reused.
+pub(crate) fn grouped<T: Copy + Default>(
     keys: impl Iterator<Item = Option<usize>> + Clone,
     groups: usize,
     starts: &mut Vec<usize>,
-    order: &mut Vec<u32>,
+    out: &mut Vec<T>,
+    value: impl Fn(usize) -> T,
 ) {
     starts.clear();
     starts.resize(groups + 1, 0);
@@ -385,11 +325,11 @@ fn grouped(
         starts[g] += starts[g - 1];
     }
     let mut next = starts.clone();
-    order.clear();
-    order.resize(starts[groups], 0);
+    out.clear();
+    out.resize(starts[groups], T::default());
     for (i, key) in keys.enumerate() {
         if let Some(g) = key {
-            order[next[g]] = i as u32;
+            out[next[g]] = value(i);
             next[g] += 1;
         }
     }
@@ -665,22 +605,5 @@ mod tests {
         }
         let rows = gather_u32(&[7, 8, 9, 10], &order, spare);
         assert_eq!(rows.as_primitive::<UInt32Type>().values(), &[10, 7, 10, 8]);
-    }
-
-    #[test]
-    fn rows_in_row_and_time_order_ties_as_given() {
-        let rows = [7, 5, 7, 5, 7, 9];
-        let times = [30, 20, 10, 20, 30, 0];
-        // Row 5: entries 1 and 3 (a tie, as given); row 7: 2 (t=10), then 0 and 4 (a tie).
-        assert_eq!(row_time_order(&rows, &times), vec![1, 3, 2, 0, 4, 5]);
-        assert!(row_time_order(&[], &[]).is_empty());
-        // Times spanning 2^32 or more sort by lookup, with the same order.
-        let wide = [5, 5, 5, 5];
-        let times = [i64::MAX, i64::MIN, 0, i64::MIN];
-        assert_eq!(row_time_order(&wide, &times), vec![1, 3, 2, 0]);
-        // Rows already grouped in order (a log sorted by key) take the same order.
-        let rows = [5, 5, 7, 7, 7, 9];
-        let times = [20, 20, 30, 10, 30, 0];
-        assert_eq!(row_time_order(&rows, &times), vec![0, 1, 3, 2, 4, 5]);
     }
 }

@@ -3,6 +3,7 @@
 
 mod cut;
 mod ids;
+mod part_order;
 mod positions;
 mod prompts;
 mod render;
@@ -46,22 +47,26 @@ fn stable_hash(py: Python<'_>, ids: AnyArray) -> PyArrowResult<Arro3ChunkedArray
     Ok(PyChunkedArray::try_new(hashed, field)?.into())
 }
 
-/// The permutation putting a part's rows in `(row, time)` order, ties as given.
+/// A part's rows in `(row, time)` order, ties as given: a table of `order` (the permutation)
+/// and `__row` (the rows in it).
 #[pyfunction]
-fn row_time_order(
-    py: Python<'_>,
-    rows: AnyArray,
-    times: AnyArray,
-) -> PyArrowResult<Arro3ChunkedArray> {
+fn row_time_order(py: Python<'_>, rows: AnyArray, times: AnyArray) -> PyArrowResult<Arro3Table> {
     let rows = downcast::<UInt32Array>(cast(rows, &DataType::UInt32)?);
     let times = downcast::<arrow_array::Int64Array>(cast(times, &DataType::Int64)?);
     if rows.null_count() + times.null_count() > 0 || rows.len() != times.len() {
         return Err(PyValueError::new_err("rows and times: one non-null time per row").into());
     }
-    let order = py.detach(|| cut::row_time_order(rows.values(), times.values()));
-    let field = Arc::new(Field::new("order", DataType::UInt32, false));
-    let order: ArrayRef = Arc::new(UInt32Array::from(order));
-    Ok(PyChunkedArray::try_new(vec![order], field)?.into())
+    let ordered = py.detach(|| part_order::row_time_order(rows.values(), times.values()));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("order", DataType::UInt32, false),
+        Field::new(cut::ROW, DataType::UInt32, false),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt32Array::from(ordered.order)),
+        Arc::new(UInt32Array::from(ordered.rows)),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    Ok(PyTable::try_new(vec![batch], schema)?.into())
 }
 
 /// A template part: literal text, or the number of a list slot.
