@@ -85,6 +85,10 @@ class Extract:
     def __exit__(self, *exc: object) -> None:
         self._reader.shutdown(cancel_futures=True)
         self._remover.shutdown()
+        # The pages the parts were read into (pyarrow's pool keeps them for the next part) go
+        # back before the final files are written (the 1M-user shard's RSS after its batches:
+        # 304 -> 277 MiB).
+        pa.default_memory_pool().release_unused()
 
     @property
     def rows_per_part(self) -> int:
