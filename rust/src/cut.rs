@@ -274,9 +274,7 @@ impl Cutter {
             .rows
             .iter()
             .map(|&row| (row != NONE).then(|| (row / self.rows_per_part) as usize));
-        grouped(by_part, self.parts, &mut s.starts, &mut s.order, |i| {
-            i as u32
-        });
+        grouped(by_part, self.parts, &mut s.starts, &mut s.order);
         // Every column in part order at once, each part then a slice of them.
         let mut spare = self.writer.written();
         let mut columns = Vec::with_capacity(chunk.num_columns() + 2);
@@ -306,15 +304,14 @@ impl Cutter {
     }
 }
 
-/// A stable counting sort: `value(i)` of each position `i` of `keys` (each below `groups`;
-/// `None` leaves a position out) grouped by key into `out`, in input order within a group, and
-/// each group's start into `starts` (`starts[g]..starts[g + 1]`); both vectors' memory is reused.
-pub(crate) fn grouped<T: Copy + Default>(
+/// A stable counting sort: the positions of `keys` (each below `groups`; `None` leaves a
+/// position out) grouped by key into `order`, in input order within a group, and each group's
+/// start into `starts` (`starts[g]..starts[g + 1]`); both vectors' memory is reused.
+pub(crate) fn grouped(
     keys: impl Iterator<Item = Option<usize>> + Clone,
     groups: usize,
     starts: &mut Vec<usize>,
-    out: &mut Vec<T>,
-    value: impl Fn(usize) -> T,
+    order: &mut Vec<u32>,
 ) {
     starts.clear();
     starts.resize(groups + 1, 0);
@@ -325,11 +322,11 @@ pub(crate) fn grouped<T: Copy + Default>(
         starts[g] += starts[g - 1];
     }
     let mut next = starts.clone();
-    out.clear();
-    out.resize(starts[groups], T::default());
+    order.clear();
+    order.resize(starts[groups], 0);
     for (i, key) in keys.enumerate() {
         if let Some(g) = key {
-            out[next[g]] = value(i);
+            order[next[g]] = i as u32;
             next[g] += 1;
         }
     }

@@ -32,7 +32,7 @@ pub fn row_time_order(rows: &[u32], times: &[i64]) -> Ordered {
         let groups = (rows.iter().max().expect("not empty") - low) as usize + 1;
         let keys = rows.iter().map(|&row| Some((row - low) as usize));
         let (mut starts, mut order) = (Vec::new(), Vec::new());
-        grouped(keys, groups, &mut starts, &mut order, |i| i as u32);
+        grouped(keys, groups, &mut starts, &mut order);
         // Read all over the part once, here, rather than by each row's sort in turn.
         let times = order.par_iter().map(|&i| times[i as usize]).collect();
         let counts = starts.windows(2).map(|w| w[1] - w[0]);
@@ -57,6 +57,7 @@ fn segments<'a, T>(values: &'a [T], starts: &[usize]) -> Vec<&'a [T]> {
     starts.windows(2).map(|w| &values[w[0]..w[1]]).collect()
 }
 
+/// The same, each mutable.
 fn segments_mut<'a, T>(values: &'a mut [T], starts: &[usize]) -> Vec<&'a mut [T]> {
     let mut segments = Vec::with_capacity(starts.len().saturating_sub(1));
     let mut rest = values;
