@@ -42,23 +42,17 @@ pub fn row_time_order(rows: &[u32], times: &[i64]) -> Ordered {
             .collect();
         (starts, order, rows, Cow::Owned(times))
     };
-    let times = segments(&times, &starts);
-    segments_mut(&mut order, &starts)
+    segments(&mut order, &starts)
         .into_par_iter()
-        .zip(times)
-        .for_each_init(Vec::new, |keys, (entries, times)| {
-            by_time(entries, times, keys)
+        .zip(starts.par_windows(2))
+        .for_each_init(Vec::new, |keys, (entries, w)| {
+            by_time(entries, &times[w[0]..w[1]], keys)
         });
     Ordered { order, rows }
 }
 
-/// `values` split at `starts` (`starts[g]..starts[g + 1]`, covering them all).
-fn segments<'a, T>(values: &'a [T], starts: &[usize]) -> Vec<&'a [T]> {
-    starts.windows(2).map(|w| &values[w[0]..w[1]]).collect()
-}
-
-/// The same, each mutable.
-fn segments_mut<'a, T>(values: &'a mut [T], starts: &[usize]) -> Vec<&'a mut [T]> {
+/// `values` split at `starts` (`starts[g]..starts[g + 1]`, covering them all), each mutable.
+fn segments<'a, T>(values: &'a mut [T], starts: &[usize]) -> Vec<&'a mut [T]> {
     let mut segments = Vec::with_capacity(starts.len().saturating_sub(1));
     let mut rest = values;
     for window in starts.windows(2) {
