@@ -40,7 +40,8 @@ class Cutter:
         cls, keys: Arrow, key: str, items: Arrow | None, rows_per_part: int, dir: Path
     ) -> Cutter: ...
     def push(self, chunk: ArrowStreamExportable) -> None:
-        """Appends a chunk of the log (any Arrow table) to its parts."""
+        """Appends a chunk of the log (any Arrow table; its record batches cut together, as they
+        lie) to its parts."""
 
     def finish(self) -> None:
         """Ends the parts' files; the cutter takes no more chunks."""

@@ -115,6 +115,23 @@ def test_parts_of_several_batches_equal_the_whole_table_prompts(
             assert_same_prompts(files[task], expected[task])
 
 
+def test_a_log_in_small_chunks_across_row_groups_gives_the_same_prompts(
+    write_job: WriteJob, movielens: Canonical, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shuffled log of small row groups in chunks that span them: each chunk goes to the
+    cutter as several batches, and each part gets many small pieces, written together."""
+    log = tmp_path / "log" / "interactions.parquet"
+    log.parent.mkdir()
+    rows = pl.read_parquet(movielens.interactions).sample(fraction=1.0, shuffle=True, seed=5)
+    rows.write_parquet(log, row_group_size=3_000)
+    monkeypatch.setattr(extract_module, "CHUNK_ROWS", 7_001)
+    job = write_job(tmp_path, data={"interactions": str(log)}, prompts={"tasks": list(TASKS)})
+    users = spread_users(movielens, tmp_path)
+    files = dry_run(job, users, tmp_path / "out", **{"scoring.batch_size": 4})
+    for task in TASKS:
+        assert_same_prompts(files[task], whole_table_prompts(job, users, task))
+
+
 class Stop(Exception):
     """Ends a run after some units, as a kill would (their commits stay)."""
 

@@ -463,11 +463,12 @@ impl Cutter {
         Ok(Cutter { inner: Some(inner) })
     }
 
-    /// Appends a chunk of the log (any Arrow table) to its parts.
+    /// Appends a chunk of the log (any Arrow table; its record batches cut together, as they
+    /// lie) to its parts.
     fn push(&mut self, py: Python<'_>, chunk: PyTable) -> PyResult<()> {
         let cutter = self.inner.as_mut().ok_or_else(finished)?;
         let (batches, _schema) = chunk.into_inner();
-        py.detach(|| batches.iter().try_for_each(|b| cutter.push(b)))
+        py.detach(|| cutter.push(&batches))
             .map_err(|e| PyValueError::new_err(e.to_string()))
     }
 

@@ -72,14 +72,15 @@ impl Positions {
         }
     }
 
-    /// Each id's position into `rows` (its memory reused), `NONE` for unknown ids (and null
-    /// ids); on every core.
+    /// Each id's position appended to `rows`, `NONE` for unknown ids (and null ids); on every
+    /// core.
     pub fn rows(&self, ids: &dyn Array, rows: &mut Vec<u32>) -> Result<(), ArrowError> {
-        rows.clear();
         match (&self.map, ids.data_type()) {
             (Map::Int(table), DataType::Int64) => {
                 let values = ids.as_primitive::<Int64Type>().values();
-                rows.resize(values.len(), NONE);
+                let start = rows.len();
+                rows.resize(start + values.len(), NONE);
+                let rows = &mut rows[start..];
                 rows.par_chunks_mut(LOOKUP_ROWS)
                     .zip(values.par_chunks(LOOKUP_ROWS))
                     .for_each(|(rows, values)| table.get_all(values, rows));
@@ -240,9 +241,11 @@ mod tests {
     use arrow_array::{Int64Array, StringArray};
 
     fn rows(positions: &Positions, ids: &dyn Array) -> Result<Vec<u32>, ArrowError> {
-        // Memory left from an earlier lookup is reused, never read.
+        // Appended after what is there.
         let mut rows = vec![7; 3];
-        positions.rows(ids, &mut rows).map(|()| rows)
+        positions.rows(ids, &mut rows)?;
+        assert_eq!(rows.drain(..3).collect::<Vec<_>>(), vec![7; 3]);
+        Ok(rows)
     }
 
     #[test]
