@@ -209,16 +209,24 @@ impl PartFiles {
                 pending.rows += piece.num_rows();
                 continue;
             }
-            let piece = if pending.rows == 0 {
-                piece
-            } else {
-                pending.pieces.push(piece);
-                pending.rows = 0;
-                concat_batches(&chunk.schema, &std::mem::take(&mut pending.pieces))?
-            };
-            self.writer(p, &chunk.schema)?.write(&piece)?;
+            self.write_merged(p, Some(piece))?;
         }
         Ok(())
+    }
+
+    /// Part `p`'s pending pieces, then `last`, written as one batch (nothing when there are
+    /// none).
+    fn write_merged(&mut self, p: usize, last: Option<RecordBatch>) -> Result<(), ArrowError> {
+        let pending = &mut self.pending[p];
+        pending.pieces.extend(last);
+        pending.rows = 0;
+        let pieces = std::mem::take(&mut pending.pieces);
+        let piece = match pieces.as_slice() {
+            [] => return Ok(()),
+            [one] => one.clone(),
+            [first, ..] => concat_batches(&first.schema(), &pieces)?,
+        };
+        self.writer(p, &piece.schema())?.write(&piece)
     }
 
     /// Part `p`'s stream, created on its first rows.
@@ -238,12 +246,7 @@ impl PartFiles {
     /// Writes what is pending and ends every part's stream; parts no row went to have no file.
     fn finish(mut self) -> Result<(), ArrowError> {
         for p in 0..self.pending.len() {
-            let pieces = std::mem::take(&mut self.pending[p].pieces);
-            if let Some(first) = pieces.first() {
-                let schema = first.schema();
-                let piece = concat_batches(&schema, &pieces)?;
-                self.writer(p, &schema)?.write(&piece)?;
-            }
+            self.write_merged(p, None)?;
         }
         for writer in self.writers.into_iter().flatten() {
             writer
@@ -464,22 +467,17 @@ fn gather_native<T: ArrowNativeType>(
         .collect();
     out.clear();
     out.resize(order.len() * std::mem::size_of::<T>(), 0);
-    let out_values = out.typed_data_mut::<T>();
-    if let [values] = pieces {
-        out_values
-            .par_chunks_mut(GATHER_ROWS)
-            .zip(order.par_chunks(GATHER_ROWS))
-            .for_each(|(out, order)| {
-                for (value, &i) in out.iter_mut().zip(order) {
-                    *value = values[i as usize];
-                }
-            });
-        return out.into();
-    }
-    out_values
+    out.typed_data_mut::<T>()
         .par_chunks_mut(GATHER_ROWS)
         .zip(order.par_chunks(GATHER_ROWS))
         .for_each(|(out, order)| {
+            if let [values] = pieces {
+                // One piece: no lookups (a branch a value cost the cut ~5% more CPU).
+                for (value, &i) in out.iter_mut().zip(order) {
+                    *value = values[i as usize];
+                }
+                return;
+            }
             // The piece in hand: positions `start..start + values.len()`.
             let (mut start, mut values): (usize, &[T]) = (0, &[]);
             for (value, &i) in out.iter_mut().zip(order) {
@@ -688,7 +686,10 @@ mod tests {
             cutter.push(&[]).unwrap();
             cutter.finish().unwrap();
             let parts: Vec<RecordBatch> = (0..2)
-                .map(|p| concat_batches(&read(&dir, p)[0].schema(), &read(&dir, p)).unwrap())
+                .map(|p| {
+                    let batches = read(&dir, p);
+                    concat_batches(&batches[0].schema(), &batches).unwrap()
+                })
                 .collect();
             std::fs::remove_dir_all(&dir).unwrap();
             parts
